@@ -1,0 +1,72 @@
+"""symgraph: a define-then-run symbolic graph compiler for numpy, with an LLVM backend.
+
+Build a graph from Variables with numpy-like operators, ``compile`` it, call it on arrays.
+"""
+from .errors import (
+    ArgumentError,
+    CompileError,
+    DTypeError,
+    ExecutionError,
+    GraphError,
+    IndexOutOfRange,
+    NonFiniteError,
+    SerializationError,
+    ShapeError,
+    SymgraphError,
+    TracerBoolError,
+)
+from .frontend import (
+    Constant,
+    Expr,
+    Variable,
+    absolute,
+    astype,
+    broadcast_to,
+    clip,
+    concatenate,
+    cos,
+    cosh,
+    exp,
+    exp2,
+    expm1,
+    floor,
+    log,
+    log1p,
+    log2,
+    log10,
+    logical_not,
+    matmul,
+    max,
+    maximum,
+    mean,
+    min,
+    minimum,
+    negative,
+    relu,
+    reshape,
+    sigmoid,
+    sin,
+    sinh,
+    sqrt,
+    sum,
+    tan,
+    tanh,
+    transpose,
+    where,
+)
+from .interpret import evaluate
+from .runtime.compiled import CompiledFunction, compile
+
+abs = absolute  # noqa: A001  (numpy's name for it)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArgumentError", "CompileError", "CompiledFunction", "Constant", "DTypeError",
+    "ExecutionError", "Expr", "GraphError", "IndexOutOfRange", "NonFiniteError",
+    "SerializationError", "ShapeError", "SymgraphError", "TracerBoolError", "Variable",
+    "abs", "absolute", "astype", "broadcast_to", "clip", "compile", "concatenate", "cos",
+    "cosh", "evaluate", "exp", "exp2", "expm1", "floor", "log", "log1p", "log2", "log10",
+    "logical_not", "matmul", "max", "maximum", "mean", "min", "minimum", "negative", "relu",
+    "reshape", "sigmoid", "sin", "sinh", "sqrt", "sum", "tan", "tanh", "transpose", "where",
+]

@@ -1,0 +1,1 @@
+"""Code generation: graph -> LLVM module (kernel.py), math (mathlib.py), targets (cpu.py)."""

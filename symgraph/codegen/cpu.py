@@ -1,0 +1,82 @@
+"""The CPU target: host target machine, LLVM optimization and MCJIT code libraries."""
+from __future__ import annotations
+
+import threading
+
+import llvmlite.binding as llvm
+
+from ..errors import CompileError
+
+_init_lock = threading.Lock()
+_initialized = False
+
+
+def initialize() -> None:
+    global _initialized
+    with _init_lock:
+        if not _initialized:
+            llvm.initialize_native_target()
+            llvm.initialize_native_asmprinter()
+            llvm.initialize_native_asmparser()
+            _initialized = True
+
+
+_machines = {}
+
+
+def target_machine(cpu: str | None = None, features: str | None = None, opt: int = 3):
+    """A (cached) target machine for the host, or for the named CPU and features."""
+    initialize()
+    cpu = cpu or llvm.get_host_cpu_name()
+    if features is None:
+        features = llvm.get_host_cpu_features().flatten() if cpu == llvm.get_host_cpu_name() else ""
+    key = (cpu, features, opt)
+    if key not in _machines:
+        target = llvm.Target.from_triple(llvm.get_process_triple())
+        _machines[key] = target.create_target_machine(cpu=cpu, features=features, opt=opt,
+                                                      reloc="pic", codemodel="default")
+    return _machines[key]
+
+
+def optimize(module_ref, tm, speed_level: int = 3) -> None:
+    """Run LLVM's standard pipeline with loop and SLP vectorization on."""
+    pto = llvm.create_pipeline_tuning_options(speed_level=speed_level)
+    pto.loop_vectorization = speed_level >= 2
+    pto.slp_vectorization = speed_level >= 2
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(module_ref, pb)
+
+
+def speed_level_for(module_ref) -> int:
+    """Large modules get less optimization effort, so compile time stays near linear."""
+    size = sum(1 for f in module_ref.functions for b in f.blocks for _ in b.instructions)
+    if size > 60_000:
+        return 1
+    return 3
+
+
+class CodeLibrary:
+    """Owns one compiled module: its stages as text, and the engine that keeps code alive."""
+
+    def __init__(self, ir_module, name: str, keep_stages: bool = False):
+        initialize()
+        self.name = name
+        self.llvm_ir = str(ir_module)
+        try:
+            mod = llvm.parse_assembly(self.llvm_ir)
+            mod.verify()
+        except RuntimeError as exc:
+            raise CompileError(f"LLVM rejected the generated module: {exc}") from None
+        self.tm = target_machine()
+        optimize(mod, self.tm, speed_level_for(mod))
+        self.optimized_ir = str(mod) if keep_stages else None
+        self._mod = mod
+        self.engine = llvm.create_mcjit_compiler(mod, self.tm)
+        self.engine.finalize_object()
+
+    def address(self, symbol: str) -> int:
+        return self.engine.get_function_address(symbol)
+
+    @property
+    def asm(self) -> str:
+        return self.tm.emit_assembly(self._mod)

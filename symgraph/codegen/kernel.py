@@ -1,0 +1,416 @@
+"""Lower a scheduled, memory-planned graph to one LLVM module.
+
+The module holds one internal function per kernel and an entry point::
+
+    i32 NAME(ptr in_0, ..., ptr out_0, ..., ptr workspace)
+
+returning 0 or an error status. Each kernel is a loop nest over its domain that computes
+its inlined ops in registers (`value` walks them, memoized per loop point) and stores the
+root. Kernel pointer parameters are `noalias`: the memory plan never lets a kernel write
+a buffer that anything it reads lives in.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+
+from ..graph import topo_order
+from ..infer import compute_dtype, node_typing
+from ..ops import get_op
+from .emit import I8, I32, I64, PTR, Emitter, memory_type, register_type
+from .loops import emit_loop, emit_nest
+
+ERR_NO_MEMORY = 2
+
+
+class _Flat:
+    """The single index of a kernel that loops over all its elements as one flat range."""
+
+    __slots__ = ("i",)
+
+    def __init__(self, i):
+        self.i = i
+
+
+def broadcast_index(idx, out_shape, in_shape, em):
+    """The operand's index for output index `idx` under numpy broadcasting."""
+    if isinstance(idx, _Flat):
+        return _Flat(em.index_const(0)) if math.prod(in_shape) == 1 else idx
+    offset = len(out_shape) - len(in_shape)
+    return [em.index_const(0) if d == 1 else idx[offset + k] for k, d in enumerate(in_shape)]
+
+
+class GraphLowering:
+    """Builds the LLVM module for one typed, scheduled and planned graph."""
+
+    def __init__(self, g, name: str, math_impl=None, triple: str = ""):
+        self.g = g
+        self.name = name
+        self.math_impl = math_impl
+        self.module = ir.Module(name=name)
+        if triple:
+            self.module.triple = triple
+        self.order = topo_order(g)
+        self.outputs = list(g.graph["outputs"])
+        self.kernel_members = {}
+        for n in self.order:
+            k = g.nodes[n].get("kernel")
+            if k is not None:
+                self.kernel_members.setdefault(k, []).append(n)
+
+    # --- the entry function ----------------------------------------------------------------
+    def lower(self) -> ir.Module:
+        g = self.g
+        inputs = g.graph["inputs"]
+        n_in, n_out = len(inputs), len(self.outputs)
+        fnty = ir.FunctionType(I32, [PTR] * (n_in + n_out + 1))
+        entry = ir.Function(self.module, fnty, self.name)
+        b = ir.IRBuilder(entry.append_basic_block("entry"))
+        status = b.alloca(I32, name="status")
+        b.store(ir.Constant(I32, 0), status)
+
+        var_nodes = {g.nodes[n]["attrs"]["name"]: n for n in g.nodes if g.nodes[n]["op"] == "var"}
+        self.buffers = {}
+        for i, name in enumerate(inputs):
+            if name in var_nodes:
+                self.buffers[var_nodes[name]] = entry.args[i]
+        out_args = entry.args[n_in:n_in + n_out]
+        first_position = {}
+        for j, o in enumerate(self.outputs):
+            first_position.setdefault(o, j)
+        for o, j in first_position.items():
+            if g.nodes[o].get("kernel") is not None:
+                self.buffers[o] = out_args[j]
+        for n in self.order:
+            if g.nodes[n]["op"] == "const":
+                self.buffers[n] = self._global_constant(n)
+
+        workspace_bytes = g.graph.get("workspace_bytes", 0)
+        cleanup = None
+        if workspace_bytes:
+            ws_arg = entry.args[-1]
+            is_null = b.icmp_unsigned("==", ws_arg, ir.Constant(PTR, None))
+            malloc = self._libc("malloc", PTR, [I64])
+            with b.if_else(is_null) as (then, otherwise):
+                with then:
+                    owned_ws = b.call(malloc, [ir.Constant(I64, workspace_bytes)])
+                    then_bb = b.block
+                with otherwise:
+                    else_bb = b.block
+            ws = b.phi(PTR, name="workspace")
+            ws.add_incoming(owned_ws, then_bb)
+            ws.add_incoming(ws_arg, else_bb)
+            fail_bb = entry.append_basic_block("no_memory")
+            ok_bb = entry.append_basic_block("have_memory")
+            b.cbranch(b.icmp_unsigned("==", ws, ir.Constant(PTR, None)), fail_bb, ok_bb)
+            b.position_at_end(fail_bb)
+            b.ret(ir.Constant(I32, ERR_NO_MEMORY))
+            b.position_at_end(ok_bb)
+            for n in self.order:
+                if "offset" in g.nodes[n] and n not in self.buffers:
+                    self.buffers[n] = b.gep(ws, [ir.Constant(I64, g.nodes[n]["offset"])],
+                                            source_etype=I8, inbounds=True)
+            cleanup = (is_null, ws)
+
+        done_bb = entry.append_basic_block("done")
+        for k in sorted(self.kernel_members):
+            fn, params = self._lower_kernel(k)
+            code = b.call(fn, [self.buffers[p] for p in params] + [status])
+            del code
+            failed = b.icmp_unsigned("!=", b.load(status, typ=I32), ir.Constant(I32, 0))
+            next_bb = entry.append_basic_block(f"after.k{k}")
+            b.cbranch(failed, done_bb, next_bb)
+            b.position_at_end(next_bb)
+        # Outputs that no kernel wrote (inputs, constants, repeats) are copies.
+        for j, o in enumerate(self.outputs):
+            if first_position[o] == j and g.nodes[o].get("kernel") is not None:
+                continue
+            self._emit_copy(b, o, out_args[j])
+        b.branch(done_bb)
+        b.position_at_end(done_bb)
+        if cleanup is not None:
+            is_null, ws = cleanup
+            free = self._libc("free", ir.VoidType(), [PTR])
+            with b.if_then(is_null):
+                b.call(free, [ws])
+        b.ret(b.load(status, typ=I32))
+        return self.module
+
+    def _libc(self, name, ret, args):
+        fn = self.module.globals.get(name)
+        return fn or ir.Function(self.module, ir.FunctionType(ret, args), name)
+
+    def _global_constant(self, n):
+        value = self.g.nodes[n]["attrs"]["value"]
+        data = np.ascontiguousarray(value)
+        if data.dtype.kind == "b":
+            data = data.astype(np.uint8)
+        raw = bytearray(data.tobytes())
+        ty = ir.ArrayType(I8, len(raw))
+        gv = ir.GlobalVariable(self.module, ty, name=f"const.{n}")
+        gv.global_constant = True
+        gv.linkage = "private"
+        gv.unnamed_addr = True
+        gv.align = 64
+        gv.initializer = ir.Constant(ty, raw)
+        return gv
+
+    def _emit_copy(self, b, src, dst_ptr):
+        d = self.g.nodes[src]
+        em = Emitter(b)
+        size = math.prod(d["shape"])
+        src_ptr = self.buffers[src]
+
+        def body(i):
+            em.store(d["dtype"], em.load(d["dtype"], src_ptr, i), dst_ptr, i)
+
+        emit_loop(b, size, body, "copy")
+
+    # --- kernels -------------------------------------------------------------------------------
+    def _lower_kernel(self, k):
+        g = self.g
+        members = self.kernel_members[k]
+        root = members[-1]  # topological order: the root comes last in its kernel
+        member_set = set(members)
+        reads = []
+        for n in members:
+            for a in g.nodes[n]["args"]:
+                if a not in member_set and a not in reads:
+                    reads.append(a)
+        params = [root] + reads
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * (len(params) + 1)),
+                         f"{self.name}.k{k}.{g.nodes[root]['op']}")
+        fn.linkage = "internal"
+        for arg in fn.args[:-1]:
+            arg.add_attribute("noalias")
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        kernel = _KernelBody(self, b, member_set, {p: fn.args[i] for i, p in enumerate(params)},
+                             fn.args[-1])
+        kind = get_op(g.nodes[root]["op"]).kind
+        {"reduce": kernel.reduce, "matmul": kernel.matmul, "concat": kernel.concat}.get(
+            kind, kernel.elementwise)(root)
+        b.ret_void()
+        return fn, params
+
+
+class _KernelBody:
+    """Emission state for one kernel: its members, buffer pointers and value memo."""
+
+    def __init__(self, lowering, b, members, pointers, status_ptr):
+        self.g = lowering.g
+        self.b = b
+        self.members = members
+        self.pointers = pointers
+        self.em = Emitter(b, status_ptr, lowering.math_impl)
+        self.memo = {}
+
+    # value of `node` at index `idx` (a list in node's shape, or a _Flat)
+    def value(self, node, idx):
+        key = (node, id(idx.i) if isinstance(idx, _Flat) else tuple(map(id, idx)))
+        hit = self.memo.get(key)
+        if hit is not None:
+            return hit[0]
+        d = self.g.nodes[node]
+        em = self.em
+        if node not in self.members:
+            if isinstance(idx, _Flat):
+                offset = idx.i
+            else:
+                offset = em.linearize(idx, d["shape"])
+            v = em.load(d["dtype"], self.pointers[node], offset)
+        else:
+            op = get_op(d["op"])
+            if op.kind == "movement":
+                (a,) = d["args"]
+                v = self.value(a, op.index_map(em, idx, d["attrs"], self.g.nodes[a]["shape"]))
+            else:
+                typing = node_typing(self.g, node)
+                operands = []
+                for a, want in zip(d["args"], typing.in_dtypes or [None] * len(d["args"])):
+                    ad = self.g.nodes[a]
+                    x = self.value(a, broadcast_index(idx, d["shape"], ad["shape"], em))
+                    operands.append(x if want is None else em.cast(ad["dtype"], want, x))
+                v = op.lower(em, np.dtype(compute_dtype(typing)), *operands)
+        self.memo[key] = (v, idx)
+        return v
+
+    def _flat_ok(self, root):
+        """Whether every op is elementwise over the root's shape (or size 1): one flat loop."""
+        shape = self.g.nodes[root]["shape"]
+        for n in self.members:
+            if get_op(self.g.nodes[n]["op"]).kind != "elementwise":
+                return False
+            for a in self.g.nodes[n]["args"] + (n,):
+                s = self.g.nodes[a]["shape"]
+                if s != shape and math.prod(s) != 1:
+                    return False
+        return True
+
+    def elementwise(self, root):
+        d = self.g.nodes[root]
+        ptr = self.pointers[root]
+        em = self.em
+        if self._flat_ok(root):
+            def body(i):
+                self.memo.clear()
+                em.store(d["dtype"], self.value(root, _Flat(i)), ptr, i)
+
+            emit_loop(self.b, math.prod(d["shape"]), body)
+            return
+
+        def nest_body(idx):
+            self.memo.clear()
+            em.store(d["dtype"], self.value(root, idx), ptr, em.linearize(idx, d["shape"]))
+
+        emit_nest(self.b, d["shape"], nest_body)
+
+    def reduce(self, root):
+        g, em, b = self.g, self.em, self.b
+        d = g.nodes[root]
+        op = get_op(d["op"])
+        (src,) = d["args"]
+        in_shape = g.nodes[src]["shape"]
+        axes = d["attrs"]["axes"]
+        acc_dtype = np.dtype(compute_dtype(node_typing(g, root)))
+        out_dtype = d["dtype"]
+        ptr = self.pointers[root]
+        keep_shape = tuple(1 if i in axes else s for i, s in enumerate(in_shape))
+        count = math.prod(in_shape[a] for a in axes)
+        identity = em.const(acc_dtype, op.identity(acc_dtype))
+
+        def element(idx):
+            x = self.value(src, idx)
+            return em.cast(g.nodes[src]["dtype"], acc_dtype, x)
+
+        def finish(acc):
+            if op.finalize is not None:
+                acc = op.finalize(em, acc_dtype, acc, count)
+            return em.cast(acc_dtype, out_dtype, acc)
+
+        ndim = len(in_shape)
+        if tuple(axes) == tuple(range(ndim - len(axes), ndim)):
+            # Reduced axes are innermost: accumulate in a register per output element.
+            kept = in_shape[: ndim - len(axes)]
+            inner = in_shape[ndim - len(axes):]
+            acc_slot = b.alloca(register_type(acc_dtype), name="acc")
+
+            def outer(prefix):
+                b.store(identity, acc_slot)
+
+                def inner_body(suffix):
+                    self.memo.clear()
+                    acc = b.load(acc_slot, typ=register_type(acc_dtype))
+                    b.store(op.lower(em, acc_dtype, acc, element(prefix + suffix)), acc_slot)
+
+                emit_nest(b, inner, inner_body, "r")
+                result = finish(b.load(acc_slot, typ=register_type(acc_dtype)))
+                em.store(out_dtype, result, ptr, em.linearize(prefix, kept))
+
+            emit_nest(b, kept, outer, "o")
+            return
+        # Otherwise walk the input in row-major order, accumulating into the output.
+        out_size = math.prod(d["shape"])
+        same = out_dtype == acc_dtype
+
+        def init(i):
+            em.store(out_dtype, em.cast(acc_dtype, out_dtype, identity) if not same else identity, ptr, i)
+
+        if not same:
+            raise NotImplementedError("non-suffix reductions accumulate in the output dtype")
+        emit_loop(b, out_size, init, "init")
+
+        def body(idx):
+            self.memo.clear()
+            offset = em.linearize(idx, keep_shape)
+            acc = em.load(acc_dtype, ptr, offset)
+            em.store(acc_dtype, op.lower(em, acc_dtype, acc, element(idx)), ptr, offset)
+
+        emit_nest(b, in_shape, body)
+        if op.finalize is not None:
+            def fin(i):
+                em.store(out_dtype, finish(em.load(acc_dtype, ptr, i)), ptr, i)
+
+            emit_loop(b, out_size, fin, "fin")
+
+    def matmul(self, root):
+        g, em, b = self.g, self.em, self.b
+        d = g.nodes[root]
+        a, bb = d["args"]
+        a_shape, b_shape = g.nodes[a]["shape"], g.nodes[bb]["shape"]
+        a2 = (1,) + a_shape if len(a_shape) == 1 else a_shape
+        b2 = b_shape + (1,) if len(b_shape) == 1 else b_shape
+        dtype = np.dtype(d["dtype"])
+        m, k, n = a2[-2], a2[-1], b2[-1]
+        batch = d["shape"][: len(d["shape"]) - (len(a_shape) > 1) - (len(b_shape) > 1)]
+        out2 = batch + (m, n)
+        ptr = self.pointers[root]
+        a_dtype, b_dtype = g.nodes[a]["dtype"], g.nodes[bb]["dtype"]
+
+        def load(node, node_dtype, shape2, index):
+            self.memo.clear()
+            full = broadcast_index(index, out2[:-2] + shape2[-2:], shape2, em)
+            return em.cast(node_dtype, dtype, self.value_promoted(node, full, shape2))
+
+        def per_row(bidx):
+            def row(i):
+                base = bidx + [i]
+
+                def zero(j):
+                    em.store(dtype, em.const(dtype, 0), ptr, em.linearize(base + [j], out2))
+
+                emit_loop(b, n, zero, "z")
+
+                def over_k(kk):
+                    av = load(a, a_dtype, a2, bidx + [i, kk])
+
+                    def over_j(j):
+                        offset = em.linearize(base + [j], out2)
+                        bv = load(bb, b_dtype, b2, bidx + [kk, j])
+                        acc = em.load(dtype, ptr, offset)
+                        prod = em.and_(av, bv) if dtype.kind == "b" else em.mul(dtype, av, bv)
+                        total = em.or_(acc, prod) if dtype.kind == "b" else em.add(dtype, acc, prod)
+                        em.store(dtype, total, ptr, offset)
+
+                    emit_loop(b, n, over_j, "j")
+
+                emit_loop(b, k, over_k, "k")
+
+            emit_loop(b, m, row, "m")
+
+        emit_nest(b, batch, per_row, "batch")
+
+    def value_promoted(self, node, index, shape2):
+        """Load an operand by its 1-d-promoted index (same row-major offsets as its own shape)."""
+        d = self.g.nodes[node]
+        if node in self.members:
+            raise NotImplementedError("matmul operands are materialized by the scheduler")
+        return self.em.load(d["dtype"], self.pointers[node], self.em.linearize(index, shape2))
+
+    def concat(self, root):
+        g, em = self.g, self.em
+        d = g.nodes[root]
+        axis = d["attrs"]["axis"]
+        ptr = self.pointers[root]
+        start = 0
+        for a in d["args"]:
+            shape = g.nodes[a]["shape"]
+
+            def body(idx, a=a, start=start):
+                self.memo.clear()
+                x = em.cast(g.nodes[a]["dtype"], d["dtype"], self.value(a, idx))
+                out_idx = list(idx)
+                out_idx[axis] = em.index_affine(idx[axis], 1, start)
+                em.store(d["dtype"], x, ptr, em.linearize(out_idx, d["shape"]))
+
+            emit_nest(self.b, shape, body, f"c{start}_")
+            start += shape[axis]
+
+
+def lower_graph(g, name="symgraph_main", math_impl=None, triple="") -> ir.Module:
+    """The LLVM module for a typed, scheduled and planned graph."""
+    return GraphLowering(g, name, math_impl, triple).lower()
+
+
+__all__ = ["lower_graph", "memory_type", "I64"]

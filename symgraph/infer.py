@@ -1,0 +1,108 @@
+"""Specialization: shapes and dtypes for every node, given the inputs' types.
+
+Weak Python scalars become constants of the dtype their user computes in (NEP 50), and
+each op's attributes take their canonical form (axes sorted, -1 resolved, slices as
+start/step/count). Errors name the op, the operands' types and the user's line.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import dtypes as dt
+from .errors import DTypeError, ShapeError, SymgraphError
+from .graph import add_node, copy_graph, set_args, topo_order, type_str
+from .ops import get_op
+
+
+def node_typing(g, node):
+    """Re-run the op's rule on a typed graph: gives the dtypes its inputs are converted to."""
+    d = g.nodes[node]
+    op = get_op(d["op"])
+    in_types = [(g.nodes[a]["shape"], g.nodes[a]["dtype"]) for a in d["args"]]
+    return op.infer(in_types, d["attrs"])
+
+
+def compute_dtype(typing):
+    """The dtype a lowering computes in: its (last) converted input's, else its output's."""
+    return typing.in_dtypes[-1] if typing.in_dtypes else typing.dtype
+
+
+def operand_notes(g, node) -> str:
+    lines = []
+    for i, a in enumerate(g.nodes[node]["args"]):
+        data = g.nodes[a]
+        kind = (f"Python {data['dtype'].__name__}" if isinstance(data["dtype"], type)
+                else type_str(data))
+        where = f" from {data['loc'][0]}" if data["loc"] else ""
+        lines.append(f"  operand {i}: {kind}{where}")
+    return "\n".join(lines)
+
+
+def check_input(name, declared_shape, declared_dtype, shape, dtype, loc):
+    """Compare an input's actual type with its Variable's declaration."""
+    if declared_dtype is not None and dtype != declared_dtype:
+        raise DTypeError(f"input {name!r} has dtype {dtype}, but its Variable declares {declared_dtype}",
+                         locs=(loc,), hint=f"pass an array of dtype {declared_dtype}, or .astype it")
+    if declared_shape is not None:
+        if len(shape) != len(declared_shape) or any(
+                want is not None and want != got for want, got in zip(declared_shape, shape)):
+            shown = tuple("None" if d is None else d for d in declared_shape)
+            raise ShapeError(f"input {name!r} has shape {tuple(shape)}, but its Variable declares "
+                             f"{shown}".replace("'", ""), locs=(loc,))
+
+
+def specialize(g, signature: dict):
+    """A typed copy of graph `g` for inputs of the given {name: (shape, dtype)}."""
+    g = copy_graph(g)
+    for n in topo_order(g):
+        d = g.nodes[n]
+        if d["op"] == "var":
+            name = d["attrs"]["name"]
+            shape, dtype = signature[name]
+            check_input(name, d["attrs"].get("shape"), d["attrs"].get("dtype"), shape, dtype,
+                        d["loc"][0] if d["loc"] else None)
+            d["shape"], d["dtype"] = tuple(shape), np.dtype(dtype)
+            continue
+        if d["op"] == "scalar":
+            d["shape"], d["dtype"] = (), dt.weak_type(d["attrs"]["value"])
+            continue
+        if d["op"] == "const":
+            continue
+        op = get_op(d["op"])
+        try:
+            typing = node_typing(g, n)
+        except SymgraphError as exc:
+            exc.locs = d["loc"]
+            exc.message += "\n" + operand_notes(g, n)
+            exc.args = (exc._format(),)
+            raise exc.with_traceback(None) from None
+        d["shape"], d["dtype"] = tuple(typing.shape), np.dtype(typing.dtype)
+        if typing.attrs is not None:
+            d["attrs"] = dict(typing.attrs)
+        _resolve_weak_operands(g, n, typing, op)
+    for n in [n for n in g.nodes if g.nodes[n]["op"] == "scalar"]:
+        if not any(True for _ in g.successors(n)) and n not in g.graph["outputs"]:
+            g.remove_node(n)
+    return g
+
+
+def _resolve_weak_operands(g, n, typing, op):
+    args = list(g.nodes[n]["args"])
+    changed = False
+    for i, a in enumerate(args):
+        data = g.nodes[a]
+        if data["op"] != "scalar":
+            continue
+        value = data["attrs"]["value"]
+        target = typing.in_dtypes[i] if i < len(typing.in_dtypes) else typing.dtype
+        target = np.dtype(target)
+        if not dt.scalar_fits(value, target):
+            raise DTypeError(
+                f"{op.name}: Python integer {value} is out of bounds for {target}",
+                locs=g.nodes[n]["loc"], hint=f"use Constant({value}) for a strong int64 operand")
+        array = np.array(value, dtype=target)
+        array.flags.writeable = False
+        args[i] = add_node(g, "const", (), {"value": array}, (), target, data["loc"])
+        changed = True
+    if changed:
+        set_args(g, n, args)

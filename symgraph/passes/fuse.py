@@ -1,0 +1,66 @@
+"""fuse: group ops into kernels, so fused elementwise work makes one pass over memory.
+
+A node is inlined into its users' kernel (computed in registers, never stored) when it is
+elementwise or a movement op, is not an output, all its users sit in one kernel that can
+inline it, and it has as many elements as that kernel's loop domain (inlining a smaller
+node under broadcasting would recompute it per element). Everything else roots a kernel.
+Each node gets a `kernel` attribute; kernels are numbered in a valid execution order.
+"""
+from __future__ import annotations
+
+import math
+
+from ..graph import copy_graph, topo_order
+from ..ops import get_op
+
+INLINABLE = ("elementwise", "movement")
+CAN_ABSORB = ("elementwise", "movement", "reduce")
+
+
+def kernel_domain(g, root) -> tuple:
+    """The loop domain of the kernel rooted at `root`: a reduction loops over its input."""
+    d = g.nodes[root]
+    if get_op(d["op"]).kind == "reduce":
+        return g.nodes[d["args"][0]]["shape"]
+    return d["shape"]
+
+
+def assign_kernels(g, *, inline: bool):
+    g = copy_graph(g)
+    order = topo_order(g)
+    outputs = set(g.graph["outputs"])
+    kernel_of, domain_size, inlined = {}, {}, 0
+    for n in reversed(order):
+        d = g.nodes[n]
+        kind = get_op(d["op"]).kind
+        if kind == "source":
+            d["kernel"] = None
+            continue
+        users = list(g.successors(n))
+        user_kernels = {kernel_of[u] for u in users}
+        if (inline and n not in outputs and kind in INLINABLE and len(user_kernels) == 1
+                and all(get_op(g.nodes[u]["op"]).kind in CAN_ABSORB for u in users)
+                and math.prod(d["shape"]) == domain_size[next(iter(user_kernels))]):
+            kernel_of[n] = next(iter(user_kernels))
+            inlined += 1
+        else:
+            kernel_of[n] = n  # provisional id: the root's key
+            domain_size[n] = math.prod(kernel_domain(g, n))
+    # Number kernels by their root's position in topological order: a valid schedule.
+    position = {n: i for i, n in enumerate(order)}
+    roots = sorted(set(kernel_of.values()), key=position.__getitem__)
+    number = {root: i for i, root in enumerate(roots)}
+    for n, k in kernel_of.items():
+        g.nodes[n]["kernel"] = number[k]
+    g.graph["num_kernels"] = len(roots)
+    return g, {"kernels": len(roots), "ops_fused": inlined}
+
+
+def fuse(g):
+    """Group elementwise and movement ops into their consumers' kernels."""
+    return assign_kernels(g, inline=True)
+
+
+def schedule(g):
+    """Give every op its own kernel (the unfused baseline code generation needs)."""
+    return assign_kernels(g, inline=False)

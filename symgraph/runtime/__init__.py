@@ -1,0 +1,1 @@
+"""Runtime: the compiled callable (and later export, caching and device loading)."""

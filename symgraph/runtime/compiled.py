@@ -1,0 +1,403 @@
+"""compile() and the compiled function: specialization cache and the per-call path.
+
+The per-call path is short on purpose: bind arguments, check each array (dtype,
+contiguity) in a few attribute reads, look the signature up, allocate outputs with numpy,
+and call native code through ctypes with the arrays themselves as arguments: a generated
+wrapper reads each array's data pointer, so no Python-side pointer extraction is needed.
+ctypes releases the GIL for the call, so threads run one compiled function in parallel;
+intermediates live in a workspace the native code allocates per call.
+"""
+from __future__ import annotations
+
+import collections
+import ctypes
+import threading
+
+import numpy as np
+from llvmlite import ir
+
+from .. import dtypes as dt
+from ..codegen.cpu import CodeLibrary
+from ..codegen.emit import I32, I64, PTR
+from ..codegen.kernel import ERR_NO_MEMORY, lower_graph
+from ..errors import (
+    ArgumentError,
+    DTypeError,
+    ExecutionError,
+    ShapeError,
+    SymgraphError,
+)
+from ..frontend import Expr, find_variables, to_graph
+from ..graph import to_text
+from ..infer import specialize
+from ..ops.elementwise import ERR_NEGATIVE_INT_POWER
+from ..passes import VERIFY_DEFAULT, pipeline, run_passes
+
+CacheInfo = collections.namedtuple("CacheInfo", ["hits", "misses", "compilations"])
+
+_SUPPORTED = frozenset(dt.SUPPORTED)
+
+
+def _array_data_offset() -> int:
+    """Byte offset of the data pointer inside a numpy array object (found, not assumed)."""
+    probe = np.arange(3.0)
+    want = probe.ctypes.data
+    for offset in range(8, 128, 8):
+        if ctypes.c_void_p.from_address(id(probe) + offset).value == want:
+            return offset
+    raise ImportError("symgraph cannot locate the data pointer in numpy arrays")
+
+
+DATA_OFFSET = _array_data_offset()
+
+
+def _math_impl():
+    try:
+        from ..codegen.mathlib import emit_math
+    except ImportError:
+        return None
+    return emit_math
+
+
+# --- output structure ------------------------------------------------------------------------
+
+class OutputStructure:
+    """How compile()'s outputs were given (one, tuple, list or dict) and how to repack them."""
+
+    def __init__(self, kind, exprs, keys=None):
+        self.kind, self.exprs, self.keys = kind, list(exprs), keys
+
+    @classmethod
+    def of(cls, outputs):
+        if len(outputs) == 1:
+            (only,) = outputs
+            if isinstance(only, dict):
+                return cls("dict", [_as_output(v) for v in only.values()], list(only))
+            if isinstance(only, (list, tuple)):
+                return cls(type(only).__name__, [_as_output(v) for v in only])
+            return cls("single", [_as_output(only)])
+        if not outputs:
+            raise ArgumentError("compile() needs at least one output expression")
+        return cls("tuple", [_as_output(v) for v in outputs])
+
+    def pack(self, values):
+        if self.kind == "single":
+            return values[0]
+        if self.kind == "dict":
+            return dict(zip(self.keys, values))
+        return tuple(values) if self.kind == "tuple" else list(values)
+
+    def unpack(self, out):
+        """The flat list of out= arrays, in output order."""
+        if self.kind == "single":
+            return [out]
+        if self.kind == "dict":
+            if not isinstance(out, dict) or set(out) != set(self.keys):
+                raise ArgumentError(f"out= must be a dict with keys {self.keys}")
+            return [out[k] for k in self.keys]
+        if not isinstance(out, (list, tuple)) or len(out) != len(self.exprs):
+            raise ArgumentError(f"out= must be a sequence of {len(self.exprs)} arrays")
+        return list(out)
+
+
+def _as_output(value):
+    if isinstance(value, Expr):
+        return value
+    raise ArgumentError(f"compile() outputs must be expressions, got {type(value).__name__}")
+
+
+# --- input checking ----------------------------------------------------------------------------
+
+def bind_signature(names, unknown, missing):
+    if unknown:
+        raise ArgumentError(f"unknown input(s) {', '.join(map(repr, unknown))}; "
+                            f"inputs are {', '.join(names) or '(none)'}")
+    if missing:
+        raise ArgumentError(f"missing input(s) {', '.join(map(repr, missing))}; "
+                            f"inputs are {', '.join(names)}")
+
+
+def prepare_input(name, value, loc=None) -> np.ndarray:
+    """An aligned, C-contiguous, native-order array of a supported dtype, or a clear error."""
+    if type(value) is not np.ndarray:
+        if isinstance(value, Expr):
+            raise ArgumentError(f"input {name!r} is a symbolic expression, not an array",
+                                locs=(loc,), hint="call with numpy arrays or Python scalars")
+        try:
+            value = np.asarray(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ArgumentError(f"input {name!r} is not array-like: {exc}", locs=(loc,)) from None
+        if value.dtype.kind in "OUSVMmc" or value.dtype.kind not in "bif":
+            raise ArgumentError(f"input {name!r} is not a numeric array (got {value.dtype} "
+                                f"from {type(value).__name__})", locs=(loc,))
+    dtype = value.dtype
+    if dtype not in _SUPPORTED:
+        if dtype.byteorder not in "=|" and dtype.newbyteorder("=") in _SUPPORTED:
+            value = value.astype(dtype.newbyteorder("="))
+        else:
+            dt.check_supported(dtype, what=f"input {name!r} has dtype",
+                               hint="convert it with .astype('float64') or another supported dtype")
+    flags = value.flags
+    if not (flags.c_contiguous and flags.aligned):
+        value = np.array(value, order="C", copy=True)
+    return value
+
+
+# --- executables ------------------------------------------------------------------------------
+
+class Executable:
+    """Native code for one input signature, with the typed graph and its stages."""
+
+    def __init__(self, g, pass_log, library, cfunc, out_types, stages):
+        self.graph = g
+        self.pass_log = pass_log
+        self.library = library
+        self.cfunc = cfunc
+        self.out_types = out_types
+        self.stages = stages
+
+    @property
+    def memory_plan(self):
+        plan = dict(self.graph.graph.get("memory_plan", {}))
+        plan["buffers"] = {n: self.graph.nodes[n]["buffer"] for n in self.graph.nodes
+                           if "buffer" in self.graph.nodes[n]}
+        return plan
+
+
+def _add_python_entry(module: ir.Module, name: str, n_args: int) -> str:
+    """A wrapper taking numpy array objects: reads their data pointers, no workspace."""
+    inner = module.get_global(name)
+    wrapper = ir.Function(module, ir.FunctionType(I32, [PTR] * n_args), f"{name}.py")
+    b = ir.IRBuilder(wrapper.append_basic_block("entry"))
+    pointers = []
+    for arg in wrapper.args:
+        field = b.gep(arg, [ir.Constant(I64, DATA_OFFSET)], source_etype=ir.IntType(8))
+        pointers.append(b.load(field, typ=PTR))
+    b.ret(b.call(inner, pointers + [ir.Constant(PTR, None)]))
+    return wrapper.name
+
+
+_STATUS_MESSAGES = {
+    ERR_NEGATIVE_INT_POWER: "pow: integers to negative integer powers are not allowed",
+    ERR_NO_MEMORY: "out of memory allocating the workspace for intermediates",
+}
+
+
+class CompiledFunction:
+    """The callable compile() returns. Call with arrays by name or position::
+
+        >>> import numpy as np
+        >>> from symgraph import Variable, compile
+        >>> A, B = Variable("A"), Variable("B")
+        >>> f = compile(B * A + 1)
+        >>> f(A=np.ones(3), B=np.full(3, 2.0))
+        array([3., 3., 3.])
+    """
+
+    def __init__(self, structure, variables, *, opt_level=2, disable=(), name="symgraph_main",
+                 verify=None):
+        self.structure = structure
+        self.variables = variables
+        self.inputs = [v.attrs["name"] for v in variables]
+        self._index = {n: i for i, n in enumerate(self.inputs)}
+        self._locs = [v.loc for v in variables]
+        self.opt_level = opt_level
+        self.disable = tuple(disable)
+        self.name = name
+        self.verify = VERIFY_DEFAULT if verify is None else verify
+        self.passes = pipeline(opt_level, self.disable)
+        self._template = to_graph(structure.exprs, variables)
+        self._specializations = {}
+        self._latest = None
+        self._lock = threading.Lock()
+        self._hits = self._misses = self._compilations = 0
+        declared = [v.attrs.get("shape") is not None and None not in v.attrs["shape"]
+                    and v.attrs.get("dtype") is not None for v in variables]
+        if all(declared):
+            arrays = [np.empty(v.attrs["shape"], v.attrs["dtype"]) for v in variables]
+            self._specialize(arrays, self._key(arrays))
+
+    # --- introspection ------------------------------------------------------------------
+    @property
+    def graph(self):
+        """The networkx DiGraph compiled for the latest specialization."""
+        return self._require_latest().graph
+
+    @property
+    def pass_log(self):
+        return self._require_latest().pass_log
+
+    @property
+    def memory_plan(self):
+        return self._require_latest().memory_plan
+
+    @property
+    def llvm_ir(self):
+        return self._require_latest().library.llvm_ir
+
+    @property
+    def asm(self):
+        return self._require_latest().library.asm
+
+    def as_text(self, stage="final"):
+        """Text of a compilation stage: 'input', a pass name, 'final', 'llvm' or 'asm'."""
+        exe = self._require_latest()
+        if stage == "llvm":
+            return exe.library.llvm_ir
+        if stage == "asm":
+            return exe.library.asm
+        if stage not in exe.stages:
+            raise ArgumentError(f"unknown stage {stage!r}; stages: {list(exe.stages) + ['llvm', 'asm']}")
+        return exe.stages[stage]
+
+    def cache_info(self):
+        return CacheInfo(self._hits, self._misses, self._compilations)
+
+    def _require_latest(self):
+        if self._latest is None:
+            raise ArgumentError("this function has not been specialized yet: call it once, or "
+                                "declare every Variable's shape and dtype")
+        return self._latest
+
+    def __repr__(self):
+        return f"<CompiledFunction {self.name}({', '.join(self.inputs)})>"
+
+    # --- calling --------------------------------------------------------------------------
+    def _bind(self, args, kwargs):
+        n = len(self.inputs)
+        if len(args) > n:
+            raise ArgumentError(f"{self.name} takes {n} input(s) ({', '.join(self.inputs)}), "
+                                f"got {len(args)} positional")
+        values = list(args) + [None] * (n - len(args))
+        given = [True] * len(args) + [False] * (n - len(args))
+        for key, value in kwargs.items():
+            i = self._index.get(key)
+            if i is None:
+                bind_signature(self.inputs, [key], [])
+            if given[i]:
+                raise ArgumentError(f"input {key!r} given twice (by position and by name)")
+            values[i] = value
+            given[i] = True
+        if not all(given):
+            bind_signature(self.inputs, [], [self.inputs[i] for i, g in enumerate(given) if not g])
+        return [prepare_input(name, v, loc) for name, v, loc in zip(self.inputs, values, self._locs)]
+
+    @staticmethod
+    def _key(arrays):
+        return tuple((a.dtype, a.shape) for a in arrays)
+
+    def __call__(self, *args, out=None, **kwargs):
+        arrays = self._bind(args, kwargs)
+        key = self._key(arrays)
+        exe = self._specializations.get(key)
+        if exe is None:
+            exe = self._specialize(arrays, key)
+        else:
+            self._hits += 1
+        if out is None:
+            outs = [np.empty(shape, dtype) for shape, dtype in exe.out_types]
+            self._run(exe, arrays, outs)
+            return self.structure.pack(outs)
+        given = self.structure.unpack(out)
+        targets = self._check_out(exe, given, arrays)
+        self._run(exe, arrays, targets)
+        for target, dest in zip(targets, given):
+            if target is not dest:
+                np.copyto(dest, target)
+        return self.structure.pack(given)
+
+    def _run(self, exe, arrays, outs):
+        status = exe.cfunc(*arrays, *outs)
+        if status:
+            raise ExecutionError(_STATUS_MESSAGES.get(status, f"native code failed with status {status}"))
+
+    def _check_out(self, exe, given, arrays):
+        """Validated out= arrays; ones that overlap an input or each other get a temporary."""
+        targets = []
+        for j, (o, (shape, dtype)) in enumerate(zip(given, exe.out_types)):
+            label = f"out[{j}]" if len(given) > 1 else "out"
+            if type(o) is not np.ndarray:
+                raise ArgumentError(f"{label} must be a numpy array, got {type(o).__name__}")
+            if o.dtype != dtype:
+                raise DTypeError(f"{label} has dtype {o.dtype}, but the output is {dtype}")
+            if o.shape != shape:
+                raise ShapeError(f"{label} has shape {o.shape}, but the output is {shape}")
+            if not o.flags.writeable:
+                raise ArgumentError(f"{label} is read-only")
+            clash = any(np.may_share_memory(o, a) for a in arrays) or any(
+                np.may_share_memory(o, other) for other in given[:j])
+            if clash or not (o.flags.c_contiguous and o.flags.aligned):
+                o = np.empty(shape, dtype)
+            targets.append(o)
+        return targets
+
+    # --- specialization --------------------------------------------------------------------
+    def _specialize(self, arrays, key):
+        with self._lock:
+            exe = self._specializations.get(key)
+            if exe is not None:
+                self._hits += 1
+                return exe
+            self._misses += 1
+            exe = self._build(arrays)
+            self._compilations += 1
+            self._specializations[key] = exe
+            self._latest = exe
+            return exe
+
+    def _build(self, arrays):
+        signature = {n: (a.shape, a.dtype) for n, a in zip(self.inputs, arrays)}
+        g = specialize(self._template, signature)
+        stages = {"input": to_text(g)}
+
+        def on_stage(name, graph):
+            stages[name] = to_text(graph)
+
+        g, log = run_passes(g, self.passes, verify=self.verify, on_stage=on_stage)
+        stages["final"] = to_text(g)
+        try:
+            module = lower_graph(g, self.name, _math_impl())
+            n_args = len(self.inputs) + len(g.graph["outputs"])
+            wrapper = _add_python_entry(module, self.name, n_args)
+            library = CodeLibrary(module, self.name)
+        except SymgraphError:
+            raise
+        cfunc = ctypes.CFUNCTYPE(ctypes.c_int32, *([ctypes.py_object] * n_args))(library.address(wrapper))
+        out_types = [(g.nodes[o]["shape"], g.nodes[o]["dtype"]) for o in g.graph["outputs"]]
+        return Executable(g, log, library, cfunc, out_types, stages)
+
+
+def compile(*outputs, inputs=None, opt_level=2, disable=(), name="symgraph_main", verify=None):
+    """Compile expression(s) to native code.
+
+    ``compile(y)`` returns a function giving one array; ``compile(x, y)`` a tuple,
+    ``compile([x, y])`` a list and ``compile({'x': x})`` a dict. ``inputs`` fixes the
+    positional order (default: Variables in creation order); ``opt_level=0`` runs no
+    optimization, ``disable=['cse']`` switches single passes off.
+    """
+    structure = OutputStructure.of(outputs)
+    found = find_variables(structure.exprs)
+    if inputs is None:
+        variables = found
+    else:
+        variables = []
+        for v in inputs:
+            if not isinstance(v, Expr) or v.op != "var":
+                raise ArgumentError(f"inputs= must list Variables, got {v!r}")
+            variables.append(v)
+        names = [v.attrs["name"] for v in variables]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ArgumentError(f"inputs= lists {dupes} more than once")
+        missing = [v.attrs["name"] for v in found if v.attrs["name"] not in names]
+        if missing:
+            raise ArgumentError(f"inputs= leaves out Variable(s) {missing} the outputs use")
+        by_name = {v.attrs["name"]: v for v in variables}
+        for v in found:
+            if by_name[v.attrs["name"]] is not v:
+                raise ArgumentError(f"two different Variables are named {v.attrs['name']!r}",
+                                    locs=(v.loc, by_name[v.attrs['name']].loc))
+    if not isinstance(opt_level, int) or opt_level < 0:
+        raise ArgumentError(f"opt_level must be a non-negative integer, got {opt_level!r}")
+    return CompiledFunction(structure, variables, opt_level=opt_level, disable=disable, name=name,
+                            verify=verify)
