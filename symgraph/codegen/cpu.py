@@ -21,21 +21,19 @@ def initialize() -> None:
             _initialized = True
 
 
-_machines = {}
-
-
 def target_machine(cpu: str | None = None, features: str | None = None, opt: int = 3):
-    """A (cached) target machine for the host, or for the named CPU and features."""
+    """A new target machine for the host, or for the named CPU and features.
+
+    Not cached: an MCJIT engine takes ownership of the machine it is given.
+    """
     initialize()
-    cpu = cpu or llvm.get_host_cpu_name()
+    host = llvm.get_host_cpu_name()
+    cpu = cpu or host
     if features is None:
-        features = llvm.get_host_cpu_features().flatten() if cpu == llvm.get_host_cpu_name() else ""
-    key = (cpu, features, opt)
-    if key not in _machines:
-        target = llvm.Target.from_triple(llvm.get_process_triple())
-        _machines[key] = target.create_target_machine(cpu=cpu, features=features, opt=opt,
-                                                      reloc="pic", codemodel="default")
-    return _machines[key]
+        features = llvm.get_host_cpu_features().flatten() if cpu == host else ""
+    target = llvm.Target.from_triple(llvm.get_process_triple())
+    return target.create_target_machine(cpu=cpu, features=features, opt=opt, reloc="pic",
+                                        codemodel="default")
 
 
 def optimize(module_ref, tm, speed_level: int = 3) -> None:

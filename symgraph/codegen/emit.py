@@ -199,7 +199,9 @@ class Emitter:
             self.b.store(ir.Constant(I32, code), self.status_ptr)
 
     def _intrinsic(self, name, *args):
-        fn = self.b.module.declare_intrinsic(name, [args[0].type])
+        ty = args[0].type
+        fnty = ir.FunctionType(ty, [ty] * len(args))
+        fn = self.b.module.declare_intrinsic(name, [ty], fnty)
         return self.b.call(fn, args)
 
 

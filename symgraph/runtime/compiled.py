@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import os
 import threading
 
 import numpy as np
@@ -36,6 +37,7 @@ from ..passes import VERIFY_DEFAULT, pipeline, run_passes
 CacheInfo = collections.namedtuple("CacheInfo", ["hits", "misses", "compilations"])
 
 _SUPPORTED = frozenset(dt.SUPPORTED)
+DUMP_DIR = os.environ.get("SYMGRAPH_DUMP_DIR") or None
 
 
 def _array_data_offset() -> int:
@@ -362,6 +364,10 @@ class CompiledFunction:
             library = CodeLibrary(module, self.name)
         except SymgraphError:
             raise
+        if DUMP_DIR:
+            from ..inspect import dump_compilation
+
+            dump_compilation(DUMP_DIR, self.name, stages, library)
         cfunc = ctypes.CFUNCTYPE(ctypes.c_int32, *([ctypes.py_object] * n_args))(library.address(wrapper))
         out_types = [(g.nodes[o]["shape"], g.nodes[o]["dtype"]) for o in g.graph["outputs"]]
         return Executable(g, log, library, cfunc, out_types, stages)
