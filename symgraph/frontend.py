@@ -9,6 +9,7 @@ reference), so one user function can run step by step or build a graph.
 from __future__ import annotations
 
 import itertools
+import keyword
 import operator
 
 import numpy as np
@@ -159,7 +160,7 @@ class Variable(Expr):
     also per axis); undeclared, the compiled function specializes on each call's."""
 
     def __init__(self, name, shape=None, dtype=None):
-        if not isinstance(name, str) or not name.isidentifier():
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
             raise GraphError(f"Variable name {name!r} must be a Python identifier",
                              locs=(user_loc(),))
         declared_shape = None

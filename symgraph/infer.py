@@ -46,9 +46,10 @@ def check_input(name, declared_shape, declared_dtype, shape, dtype, loc):
     if declared_shape is not None:
         if len(shape) != len(declared_shape) or any(
                 want is not None and want != got for want, got in zip(declared_shape, shape)):
-            shown = tuple("None" if d is None else d for d in declared_shape)
+            shown = "(" + ", ".join("None" if d is None else str(d) for d in declared_shape)
+            shown += ",)" if len(declared_shape) == 1 else ")"
             raise ShapeError(f"input {name!r} has shape {tuple(shape)}, but its Variable declares "
-                             f"{shown}".replace("'", ""), locs=(loc,))
+                             f"{shown}", locs=(loc,))
 
 
 def specialize(g, signature: dict):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import keyword
 import os
 import threading
 
@@ -137,7 +138,7 @@ def prepare_input(name, value, loc=None) -> np.ndarray:
         if dtype.byteorder not in "=|" and dtype.newbyteorder("=") in _SUPPORTED:
             value = value.astype(dtype.newbyteorder("="))
         else:
-            dt.check_supported(dtype, what=f"input {name!r} has dtype",
+            dt.check_supported(dtype, what=f"input {name!r}: dtype",
                                hint="convert it with .astype('float64') or another supported dtype")
     flags = value.flags
     if not (flags.c_contiguous and flags.aligned):
@@ -157,6 +158,7 @@ class Executable:
         self.cfunc = cfunc
         self.out_types = out_types
         self.stages = stages
+        self.hits = 0
 
     @property
     def memory_plan(self):
@@ -183,6 +185,13 @@ _STATUS_MESSAGES = {
     ERR_NEGATIVE_INT_POWER: "pow: integers to negative integer powers are not allowed",
     ERR_NO_MEMORY: "out of memory allocating the workspace for intermediates",
 }
+
+
+def _fail(status):
+    raise ExecutionError(_STATUS_MESSAGES.get(status, f"native code failed with status {status}"))
+
+
+compile_source = compile  # the builtin, before this module defines symgraph's compile()
 
 
 class CompiledFunction:
@@ -212,7 +221,8 @@ class CompiledFunction:
         self._specializations = {}
         self._latest = None
         self._lock = threading.Lock()
-        self._hits = self._misses = self._compilations = 0
+        self._misses = self._compilations = 0
+        self._fast = self._generate_fast_path()
         declared = [v.attrs.get("shape") is not None and None not in v.attrs["shape"]
                     and v.attrs.get("dtype") is not None for v in variables]
         if all(declared):
@@ -253,7 +263,10 @@ class CompiledFunction:
         return exe.stages[stage]
 
     def cache_info(self):
-        return CacheInfo(self._hits, self._misses, self._compilations)
+        """Calls served by existing code (hits), calls that needed new code (misses), and
+        compilations done."""
+        hits = sum(exe.hits for exe in list(self._specializations.values()))
+        return CacheInfo(hits, self._misses, self._compilations)
 
     def _require_latest(self):
         if self._latest is None:
@@ -286,16 +299,30 @@ class CompiledFunction:
 
     @staticmethod
     def _key(arrays):
-        return tuple((a.dtype, a.shape) for a in arrays)
+        key = []
+        for a in arrays:
+            key += (a.dtype, a.shape, a.strides)
+        return tuple(key)
 
-    def __call__(self, *args, out=None, **kwargs):
+    def __call__(self, *args, **kwargs):
+        try:
+            return self._fast(*args, **kwargs)
+        except TypeError as exc:
+            if isinstance(exc, SymgraphError):
+                raise
+            # Python's own binding failed (missing, unknown or repeated input): the general
+            # path reports it as a SymgraphError, naming the inputs.
+            return self._call(args, kwargs)
+
+    def _call(self, args, kwargs, out=None):
+        out = kwargs.pop("out", out)
         arrays = self._bind(args, kwargs)
         key = self._key(arrays)
         exe = self._specializations.get(key)
         if exe is None:
             exe = self._specialize(arrays, key)
         else:
-            self._hits += 1
+            exe.hits += 1
         if out is None:
             outs = [np.empty(shape, dtype) for shape, dtype in exe.out_types]
             self._run(exe, arrays, outs)
@@ -308,10 +335,51 @@ class CompiledFunction:
                 np.copyto(dest, target)
         return self.structure.pack(given)
 
+    def _generate_fast_path(self):
+        """A dispatcher with one parameter per input: Python binds the arguments, one tuple
+        of (dtype, shape, strides) finds the specialization, and anything unusual (lists,
+        other strides, out=, a new signature) takes the general path."""
+        names = self.inputs
+        if any(keyword.iskeyword(n) or n in ("out", "self") for n in names) or len(names) > 200:
+            return lambda *args, out=None, **kwargs: self._call(args, kwargs, out)
+        params = ", ".join(names)
+        checks = " and ".join(f"type({n}) is ndarray" for n in names) or "True"
+        key = "".join(f"{n}.dtype, {n}.shape, {n}.strides, " for n in names)
+        n_out = len(self.structure.exprs)
+        outs = [f"o{j}" for j in range(n_out)]
+        allocs = "\n".join(f"            o{j} = empty(*types[{j}])" for j in range(n_out))
+        kind = self.structure.kind
+        if kind == "single":
+            packed = "o0"
+        elif kind == "dict":
+            packed = "{" + ", ".join(f"{k!r}: o{j}" for j, k in enumerate(self.structure.keys)) + "}"
+        elif kind == "list":
+            packed = "[" + ", ".join(outs) + "]"
+        else:
+            packed = "(" + ", ".join(outs) + ",)"
+        source = f"""
+def fast({params}{', ' if params else ''}*, out=None):
+    if out is None and {checks}:
+        exe = get(({key}))
+        if exe is not None:
+            exe.hits += 1
+            types = exe.out_types
+{allocs}
+            status = exe.cfunc({params}{', ' if params else ''}{', '.join(outs)})
+            if status:
+                fail(status)
+            return {packed}
+    return call(({params}{',' if len(names) == 1 else ''}), {{}}, out)
+"""
+        namespace = {"ndarray": np.ndarray, "empty": np.empty, "get": self._specializations.get,
+                     "fail": _fail, "call": self._call}
+        exec(compile_source(source, f"<symgraph dispatcher {self.name}>", "exec"), namespace)
+        return namespace["fast"]
+
     def _run(self, exe, arrays, outs):
         status = exe.cfunc(*arrays, *outs)
         if status:
-            raise ExecutionError(_STATUS_MESSAGES.get(status, f"native code failed with status {status}"))
+            _fail(status)
 
     def _check_out(self, exe, given, arrays):
         """Validated out= arrays; ones that overlap an input or each other get a temporary."""
@@ -338,7 +406,7 @@ class CompiledFunction:
         with self._lock:
             exe = self._specializations.get(key)
             if exe is not None:
-                self._hits += 1
+                exe.hits += 1
                 return exe
             self._misses += 1
             exe = self._build(arrays)
