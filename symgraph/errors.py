@@ -45,18 +45,28 @@ def user_loc() -> Loc | None:
 class SymgraphError(Exception):
     """Base class of every error symgraph raises on purpose."""
 
-    def __init__(self, message: str, *, locs=(), hint: str | None = None):
+    def __init__(self, message: str, *, locs=(), hint: str | None = None, details: str = ""):
         self.message = message
         self.locs = tuple(loc for loc in locs if loc is not None)
         self.hint = hint
+        self.details = details
         super().__init__(self._format())
 
     def _format(self) -> str:
         lines = [self.message]
         lines += [f"  at {loc}" for loc in self.locs]
+        if self.details:
+            lines.append(self.details)
         if self.hint:
             lines.append(f"  hint: {self.hint}")
         return "\n".join(lines)
+
+    def located(self, locs, details: str = "") -> "SymgraphError":
+        """Point the error at the user's line(s) and list the operands involved."""
+        self.locs = tuple(loc for loc in locs if loc is not None)
+        self.details = details
+        self.args = (self._format(),)
+        return self
 
     def with_context(self, context: str) -> "SymgraphError":
         """Add context (for example the pass that failed) without replacing the message."""

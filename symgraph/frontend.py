@@ -230,10 +230,7 @@ def apply(opname, *args, **attrs):
         try:
             typing = op.infer([(e.shape, e.dtype) for e in exprs], attrs)
         except SymgraphError as exc:
-            exc.locs = (loc,)
-            exc.message += "\n" + describe_operands(exprs)
-            exc.args = (exc._format(),)
-            raise exc.with_traceback(None) from None
+            raise exc.located((loc,), describe_operands(exprs)).with_traceback(None) from None
         shape, dtype = typing.shape, typing.dtype
     return Expr(opname, exprs, attrs, shape=shape, dtype=dtype, loc=loc)
 

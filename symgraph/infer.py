@@ -73,10 +73,7 @@ def specialize(g, signature: dict):
         try:
             typing = node_typing(g, n)
         except SymgraphError as exc:
-            exc.locs = d["loc"]
-            exc.message += "\n" + operand_notes(g, n)
-            exc.args = (exc._format(),)
-            raise exc.with_traceback(None) from None
+            raise exc.located(d["loc"], operand_notes(g, n)).with_traceback(None) from None
         d["shape"], d["dtype"] = tuple(typing.shape), np.dtype(typing.dtype)
         if typing.attrs is not None:
             d["attrs"] = dict(typing.attrs)
