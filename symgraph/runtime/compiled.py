@@ -152,6 +152,8 @@ class Executable:
     """Native code for one input signature, with the typed graph and its stages."""
 
     def __init__(self, g, pass_log, library, cfunc, out_types, stages):
+        # The workspace comes from numpy's allocator (huge pages for big buffers), per call.
+        self.workspace_bytes = g.graph.get("workspace_bytes", 0)
         self.graph = g
         self.pass_log = pass_log
         self.library = library
@@ -169,16 +171,20 @@ class Executable:
 
 
 def _add_python_entry(module: ir.Module, name: str, n_args: int) -> str:
-    """A wrapper taking numpy array objects: reads their data pointers, no workspace."""
+    """A wrapper taking numpy array objects (the inputs, the outputs, then the workspace):
+    it reads their data pointers, so Python never extracts a pointer itself."""
     inner = module.get_global(name)
-    wrapper = ir.Function(module, ir.FunctionType(I32, [PTR] * n_args), f"{name}.py")
+    wrapper = ir.Function(module, ir.FunctionType(I32, [PTR] * (n_args + 1)), f"{name}.py")
     b = ir.IRBuilder(wrapper.append_basic_block("entry"))
     pointers = []
     for arg in wrapper.args:
         field = b.gep(arg, [ir.Constant(I64, DATA_OFFSET)], source_etype=ir.IntType(8))
         pointers.append(b.load(field, typ=PTR))
-    b.ret(b.call(inner, pointers + [ir.Constant(PTR, None)]))
+    b.ret(b.call(inner, pointers))
     return wrapper.name
+
+
+_NO_WORKSPACE = np.empty(0, np.uint8)
 
 
 _STATUS_MESSAGES = {
@@ -365,19 +371,23 @@ def fast({params}{', ' if params else ''}*, out=None):
             exe.hits += 1
             types = exe.out_types
 {allocs}
-            status = exe.cfunc({params}{', ' if params else ''}{', '.join(outs)})
+            ws = exe.workspace_bytes
+            ws = empty(ws, uint8) if ws else no_workspace
+            status = exe.cfunc({params}{', ' if params else ''}{', '.join(outs)}, ws)
             if status:
                 fail(status)
             return {packed}
     return call(({params}{',' if len(names) == 1 else ''}), {{}}, out)
 """
-        namespace = {"ndarray": np.ndarray, "empty": np.empty, "get": self._specializations.get,
+        namespace = {"ndarray": np.ndarray, "empty": np.empty, "uint8": np.uint8,
+                     "no_workspace": _NO_WORKSPACE, "get": self._specializations.get,
                      "fail": _fail, "call": self._call}
         exec(compile_source(source, f"<symgraph dispatcher {self.name}>", "exec"), namespace)
         return namespace["fast"]
 
     def _run(self, exe, arrays, outs):
-        status = exe.cfunc(*arrays, *outs)
+        ws = np.empty(exe.workspace_bytes, np.uint8) if exe.workspace_bytes else _NO_WORKSPACE
+        status = exe.cfunc(*arrays, *outs, ws)
         if status:
             _fail(status)
 
@@ -436,7 +446,8 @@ def fast({params}{', ' if params else ''}*, out=None):
             from ..inspect import dump_compilation
 
             dump_compilation(DUMP_DIR, self.name, stages, library)
-        cfunc = ctypes.CFUNCTYPE(ctypes.c_int32, *([ctypes.py_object] * n_args))(library.address(wrapper))
+        signature = ctypes.CFUNCTYPE(ctypes.c_int32, *([ctypes.py_object] * (n_args + 1)))
+        cfunc = signature(library.address(wrapper))
         out_types = [(g.nodes[o]["shape"], g.nodes[o]["dtype"]) for o in g.graph["outputs"]]
         return Executable(g, log, library, cfunc, out_types, stages)
 
