@@ -23,6 +23,7 @@ from .emit import I8, I32, I64, PTR, Emitter, memory_type, register_type
 from .loops import emit_loop, emit_nest
 
 ERR_NO_MEMORY = 2
+PARTIAL_SUM_BYTES = 256  # reduction lanes: four 512-bit registers of independent partial sums
 
 
 class _Flat:
@@ -236,10 +237,12 @@ class _KernelBody:
         self.memo[key] = (v, idx)
         return v
 
-    def _flat_ok(self, root):
+    def _flat_ok(self, root, over=None):
         """Whether every op is elementwise over the root's shape (or size 1): one flat loop."""
-        shape = self.g.nodes[root]["shape"]
+        shape = self.g.nodes[root]["shape"] if over is None else over
         for n in self.members:
+            if over is not None and get_op(self.g.nodes[n]["op"]).kind == "reduce":
+                continue
             if get_op(self.g.nodes[n]["op"]).kind != "elementwise":
                 return False
             for a in self.g.nodes[n]["args"] + (n,):
@@ -294,6 +297,19 @@ class _KernelBody:
             # Reduced axes are innermost: accumulate in a register per output element.
             kept = in_shape[: ndim - len(axes)]
             inner = in_shape[ndim - len(axes):]
+            flat_inner = self._flat_ok(src, over=in_shape) and not kept
+            if len(inner) == 1 or flat_inner:
+                size = math.prod(inner)
+
+                def outer_partials(prefix):
+                    def at(r):
+                        return _Flat(r) if flat_inner else prefix + [r]
+
+                    result = self._partial_sums(op, acc_dtype, identity, size, lambda r: element(at(r)))
+                    em.store(out_dtype, finish(result), ptr, em.linearize(prefix, kept))
+
+                emit_nest(b, kept, outer_partials, "o")
+                return
             acc_slot = b.alloca(register_type(acc_dtype), name="acc")
 
             def outer(prefix):
@@ -333,6 +349,40 @@ class _KernelBody:
                 em.store(out_dtype, finish(em.load(acc_dtype, ptr, i)), ptr, i)
 
             emit_loop(b, out_size, fin, "fin")
+
+    def _partial_sums(self, op, dtype, identity, size, element):
+        """Combine `size` elements in a fixed order that vectorizes without reassociation:
+        lane j accumulates elements j, j+W, j+2W, ... (W lanes fill a few SIMD registers),
+        then the lanes combine in a fixed pairwise tree."""
+        b, em = self.b, self.em
+        lanes = max(1, min(PARTIAL_SUM_BYTES // dtype.itemsize, size))
+        ty = register_type(dtype)
+        partials = b.alloca(ty, size=ir.Constant(I64, lanes), name="partials")
+
+        def slot(j):
+            return b.gep(partials, [j], source_etype=ty, inbounds=True)
+
+        for j in range(lanes):
+            b.store(identity, slot(ir.Constant(I64, j)))
+        blocks, rest = divmod(size, lanes)
+
+        def accumulate(base):
+            def lane(j):
+                self.memo.clear()
+                index = b.add(base, j, flags=["nuw", "nsw"]) if base is not None else j
+                b.store(op.lower(em, dtype, b.load(slot(j), typ=ty), element(index)), slot(j))
+            return lane
+
+        emit_loop(b, blocks, lambda blk: emit_loop(
+            b, lanes, accumulate(b.mul(blk, ir.Constant(I64, lanes), flags=["nuw", "nsw"])), "lane"),
+            "block")
+        if rest:
+            emit_loop(b, rest, accumulate(ir.Constant(I64, blocks * lanes)), "rest")
+        values = [b.load(slot(ir.Constant(I64, j)), typ=ty) for j in range(lanes)]
+        while len(values) > 1:
+            pairs = [op.lower(em, dtype, values[i], values[i + 1]) for i in range(0, len(values) - 1, 2)]
+            values = pairs + ([values[-1]] if len(values) % 2 else [])
+        return values[0]
 
     def matmul(self, root):
         g, em, b = self.g, self.em, self.b
