@@ -193,6 +193,19 @@ _STATUS_MESSAGES = {
 }
 
 
+def _contiguous_key(types):
+    """The specialization key of C-contiguous arrays of the given shapes and dtypes."""
+    key = []
+    for shape, dtype in types:
+        dtype = np.dtype(dtype)
+        strides, step = [], dtype.itemsize
+        for size in reversed(shape):
+            strides.append(step)
+            step *= max(size, 1)
+        key += (dtype, tuple(shape), tuple(reversed(strides)))
+    return tuple(key)
+
+
 def _fail(status):
     raise ExecutionError(_STATUS_MESSAGES.get(status, f"native code failed with status {status}"))
 
@@ -232,8 +245,9 @@ class CompiledFunction:
         declared = [v.attrs.get("shape") is not None and None not in v.attrs["shape"]
                     and v.attrs.get("dtype") is not None for v in variables]
         if all(declared):
-            arrays = [np.empty(v.attrs["shape"], v.attrs["dtype"]) for v in variables]
-            self._specialize(arrays, self._key(arrays))
+            # Generate code now; the key is what a C-contiguous call of that type will look up.
+            types = [(tuple(v.attrs["shape"]), v.attrs["dtype"]) for v in variables]
+            self._specialize(types, _contiguous_key(types))
 
     # --- introspection ------------------------------------------------------------------
     @property
@@ -271,7 +285,8 @@ class CompiledFunction:
     def cache_info(self):
         """Calls served by existing code (hits), calls that needed new code (misses), and
         compilations done."""
-        hits = sum(exe.hits for exe in list(self._specializations.values()))
+        unique = {id(exe): exe for exe in list(self._specializations.values())}
+        hits = sum(exe.hits for exe in unique.values())
         return CacheInfo(hits, self._misses, self._compilations)
 
     def _require_latest(self):
@@ -326,7 +341,10 @@ class CompiledFunction:
         key = self._key(arrays)
         exe = self._specializations.get(key)
         if exe is None:
-            exe = self._specialize(arrays, key)
+            # Contiguous arrays may show unusual strides (size-0 or size-1 axes): file the code
+            # under the canonical key, and this call's key too so the fast path finds it.
+            exe = self._specialize(arrays, _contiguous_key((a.shape, a.dtype) for a in arrays))
+            self._specializations.setdefault(key, exe)
         else:
             exe.hits += 1
         if out is None:
@@ -412,21 +430,23 @@ def fast({params}{', ' if params else ''}*, out=None):
         return targets
 
     # --- specialization --------------------------------------------------------------------
-    def _specialize(self, arrays, key):
+    def _specialize(self, types, key):
+        """Code for inputs of the given [(shape, dtype)] (arrays work too), cached by key."""
+        types = [(a.shape, a.dtype) if isinstance(a, np.ndarray) else a for a in types]
         with self._lock:
             exe = self._specializations.get(key)
             if exe is not None:
                 exe.hits += 1
                 return exe
             self._misses += 1
-            exe = self._build(arrays)
+            exe = self._build(types)
             self._compilations += 1
             self._specializations[key] = exe
             self._latest = exe
             return exe
 
-    def _build(self, arrays):
-        signature = {n: (a.shape, a.dtype) for n, a in zip(self.inputs, arrays)}
+    def _build(self, types):
+        signature = dict(zip(self.inputs, types))
         g = specialize(self._template, signature)
         stages = {"input": to_text(g)}
 
