@@ -54,6 +54,7 @@ from .frontend import (
     transpose,
     where,
 )
+from .control import cond, fori_loop, while_loop
 from .interpret import evaluate
 from .runtime.compiled import CompiledFunction, compile
 
@@ -65,7 +66,7 @@ __all__ = [
     "ArgumentError", "CompileError", "CompiledFunction", "Constant", "DTypeError",
     "ExecutionError", "Expr", "GraphError", "IndexOutOfRange", "NonFiniteError",
     "SerializationError", "ShapeError", "SymgraphError", "TracerBoolError", "Variable",
-    "abs", "absolute", "astype", "broadcast_to", "clip", "compile", "concatenate", "cos",
+    "abs", "absolute", "cond", "fori_loop", "while_loop", "astype", "broadcast_to", "clip", "compile", "concatenate", "cos",
     "cosh", "evaluate", "exp", "exp2", "expm1", "floor", "log", "log1p", "log2", "log10",
     "logical_not", "matmul", "max", "maximum", "mean", "min", "minimum", "negative", "relu",
     "reshape", "sigmoid", "sin", "sinh", "sqrt", "sum", "tan", "tanh", "transpose", "where",

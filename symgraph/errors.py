@@ -63,7 +63,11 @@ class SymgraphError(Exception):
 
     def located(self, locs, details: str = "") -> "SymgraphError":
         """Point the error at the user's line(s) and list the operands involved."""
-        self.locs = tuple(loc for loc in locs if loc is not None)
+        merged = []
+        for loc in tuple(locs) + self.locs:  # the user's line first, then any the rule named
+            if loc is not None and loc not in merged:
+                merged.append(loc)
+        self.locs = tuple(merged)
         self.details = details
         self.args = (self._format(),)
         return self

@@ -367,9 +367,10 @@ def matmul(a, b):
 
 # --- from expressions to a graph -------------------------------------------------------------
 
-def collect(outputs):
-    """Every Expr the outputs depend on, in creation-compatible topological order."""
+def collect(outputs, stop=()):
+    """Every Expr the outputs depend on, in topological order (not looking past `stop`)."""
     seen, order = set(), []
+    stop = {id(e) for e in stop}
     stack = [(e, False) for e in reversed(outputs)]
     while stack:
         e, expanded = stack.pop()
@@ -380,7 +381,8 @@ def collect(outputs):
             continue
         seen.add(id(e))
         stack.append((e, True))
-        stack.extend((a, False) for a in reversed(e.args) if id(a) not in seen)
+        if id(e) not in stop:
+            stack.extend((a, False) for a in reversed(e.args) if id(a) not in seen)
     return order
 
 
@@ -396,13 +398,21 @@ def find_variables(outputs) -> list:
     return found
 
 
-def to_graph(outputs, inputs) -> "object":
-    """The untyped graph of `outputs` (Exprs) with `inputs` (Variables) as its signature."""
-    g = new_graph(v.attrs["name"] for v in inputs)
+def to_graph(outputs, inputs, names=None) -> "object":
+    """The untyped graph of `outputs` (Exprs) with `inputs` as its signature.
+
+    Inputs are Variables, or (for control-flow bodies, with `names`) any Exprs, which then
+    stand for values computed outside the body.
+    """
+    names = names or [v.attrs["name"] for v in inputs]
+    g = new_graph(names)
     keys = {}
-    for v in inputs:
-        keys[id(v)] = add_node(g, "var", (), v.attrs, v.shape, v.dtype, (v.loc,), v.name)
-    for e in collect(outputs):
+    for v, name in zip(inputs, names):
+        attrs = (dict(v.attrs, name=name) if v.op == "var"
+                 else {"name": name, "shape": None, "dtype": None})
+        keys[id(v)] = add_node(g, "var", (), attrs, v.shape,
+                               None if isinstance(v.dtype, type) else v.dtype, (v.loc,), v.name)
+    for e in collect(outputs, stop=inputs):
         if id(e) in keys:
             continue
         dtype = None if isinstance(e.dtype, type) else e.dtype

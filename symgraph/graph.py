@@ -79,6 +79,8 @@ def nbytes(node_data) -> int:
 def type_str(data) -> str:
     dtype = data.get("dtype")
     shape = data.get("shape")
+    if isinstance(dtype, tuple):  # a control node's results
+        return "(" + ", ".join(type_str({"dtype": d, "shape": s}) for d, s in zip(dtype, shape)) + ")"
     if dtype is None:
         return "?"
     dims = "?" if shape is None else ",".join(str(d) for d in shape)
@@ -94,14 +96,14 @@ def _attr_str(op, attrs) -> str:
             parts.append(text)
         elif key == "name":
             parts.append(repr(value))
-        elif key in ("shape", "dtype") and op == "var":
+        elif (key in ("shape", "dtype") and op == "var") or key in ("bodies", "init_loc"):
             continue
         else:
             parts.append(f"{key}={value}")
     return " ".join(parts)
 
 
-def to_text(g, *, annotations=("kernel", "buffer")) -> str:
+def to_text(g, *, annotations=("kernel", "buffer"), indent="") -> str:
     """A stable, human-readable listing: one line per node in topological order."""
     lines = []
     ins = ", ".join(g.graph["inputs"])
@@ -121,4 +123,8 @@ def to_text(g, *, annotations=("kernel", "buffer")) -> str:
         if d["loc"]:
             line += "  # " + "; ".join(str(loc) for loc in d["loc"])
         lines.append(line)
-    return "\n".join(lines)
+        for i, body in enumerate(d["attrs"].get("bodies", ())):
+            if isinstance(body, nx.DiGraph):
+                lines.append(f"    body {i}:")
+                lines.append(to_text(body, annotations=annotations, indent="    "))
+    return "\n".join(indent + line for line in lines)

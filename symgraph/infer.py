@@ -74,7 +74,10 @@ def specialize(g, signature: dict):
             typing = node_typing(g, n)
         except SymgraphError as exc:
             raise exc.located(d["loc"], operand_notes(g, n)).with_traceback(None) from None
-        d["shape"], d["dtype"] = tuple(typing.shape), np.dtype(typing.dtype)
+        if op.kind == "control":  # a tuple of results: one shape and dtype each
+            d["shape"], d["dtype"] = tuple(typing.shape), tuple(typing.dtype)
+        else:
+            d["shape"], d["dtype"] = tuple(typing.shape), np.dtype(typing.dtype)
         if typing.attrs is not None:
             d["attrs"] = dict(typing.attrs)
         _resolve_weak_operands(g, n, typing, op)

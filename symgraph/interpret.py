@@ -25,14 +25,22 @@ def run_graph(g, inputs: dict) -> list:
         if op in ("const", "scalar"):
             values[n] = np.asarray(d["attrs"]["value"])
             continue
-        typing = node_typing(g, n)
-        args = [values[a] for a in d["args"]]
-        if typing.in_dtypes:
-            args = [_convert(x, want) for x, want in zip(args, typing.in_dtypes)]
-        with np.errstate(all="ignore"):
-            result = get_op(op).reference(*args, **d["attrs"])
-        values[n] = np.asarray(result).astype(d["dtype"], copy=False)
+        values[n] = evaluate_node(g, n, values)
     return [np.array(values[o], copy=True) for o in g.graph["outputs"]]
+
+
+def evaluate_node(g, n, values):
+    """One non-source node's value from its operands' values (constant folding uses it too)."""
+    d = g.nodes[n]
+    typing = node_typing(g, n)
+    args = [values[a] for a in d["args"]]
+    if typing.in_dtypes:
+        args = [_convert(x, want) for x, want in zip(args, typing.in_dtypes)]
+    with np.errstate(all="ignore"):
+        result = get_op(d["op"]).reference(*args, **d["attrs"])
+    if isinstance(result, tuple):  # a control node's results
+        return result
+    return np.asarray(result).astype(d["dtype"], copy=False)
 
 
 def _convert(x, dtype):

@@ -19,6 +19,7 @@ from llvmlite import ir
 from ..graph import topo_order
 from ..infer import compute_dtype, node_typing
 from ..ops import get_op
+from ..ops.control import ERR_MAX_ITERS, control_layout
 from .emit import I8, I32, I64, PTR, Emitter, memory_type, register_type
 from .loops import emit_loop, emit_nest
 
@@ -46,12 +47,12 @@ def broadcast_index(idx, out_shape, in_shape, em):
 class GraphLowering:
     """Builds the LLVM module for one typed, scheduled and planned graph."""
 
-    def __init__(self, g, name: str, math_impl=None, triple: str = ""):
+    def __init__(self, g, name: str, math_impl=None, triple: str = "", module=None):
         self.g = g
         self.name = name
         self.math_impl = math_impl
-        self.module = ir.Module(name=name)
-        if triple:
+        self.module = module if module is not None else ir.Module(name=name)
+        if triple and module is None:
             self.module.triple = triple
         self.order = topo_order(g)
         self.outputs = list(g.graph["outputs"])
@@ -113,13 +114,21 @@ class GraphLowering:
                 if "offset" in g.nodes[n] and n not in self.buffers:
                     self.buffers[n] = b.gep(ws, [ir.Constant(I64, g.nodes[n]["offset"])],
                                             source_etype=I8, inbounds=True)
+                elif g.nodes[n]["op"] == "item":
+                    (control,) = g.nodes[n]["args"]
+                    offset = control_layout(g, control)["outputs"][g.nodes[n]["attrs"]["index"]]
+                    self.buffers[n] = b.gep(self.buffers[control], [ir.Constant(I64, offset)],
+                                            source_etype=I8, inbounds=True)
             cleanup = (is_null, ws)
 
         done_bb = entry.append_basic_block("done")
         for k in sorted(self.kernel_members):
-            fn, params = self._lower_kernel(k)
-            code = b.call(fn, [self.buffers[p] for p in params] + [status])
-            del code
+            root = self.kernel_members[k][-1]
+            if get_op(g.nodes[root]["op"]).kind == "control":
+                self._lower_control(b, root, status)
+            else:
+                fn, params = self._lower_kernel(k)
+                b.call(fn, [self.buffers[p] for p in params] + [status])
             failed = b.icmp_unsigned("!=", b.load(status, typ=I32), ir.Constant(I32, 0))
             next_bb = entry.append_basic_block(f"after.k{k}")
             b.cbranch(failed, done_bb, next_bb)
@@ -139,6 +148,96 @@ class GraphLowering:
         b.ret(b.load(status, typ=I32))
         return self.module
 
+    # --- control flow ------------------------------------------------------------------------
+    def _lower_body(self, root, i):
+        body = self.g.nodes[root]["attrs"]["bodies"][i]
+        lowering = GraphLowering(body, f"{self.name}.n{root}.b{i}", self.math_impl, module=self.module)
+        lowering.lower()
+        fn = self.module.get_global(lowering.name)
+        fn.linkage = "internal"
+        return fn
+
+    def _region(self, b, root, offsets):
+        base = self.buffers[root]
+        return [b.gep(base, [ir.Constant(I64, o)], source_etype=I8, inbounds=True) for o in offsets]
+
+    def _call_body(self, b, fn, args, status, fail_bb):
+        code = b.call(fn, args)
+        b.store(code, status)
+        ok_bb = b.append_basic_block("body.ok")
+        b.cbranch(b.icmp_unsigned("!=", code, ir.Constant(I32, 0)), fail_bb, ok_bb)
+        b.position_at_end(ok_bb)
+
+    def _memcpy(self, b, dst, src, nbytes):
+        if nbytes:
+            fn = self.module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
+            b.call(fn, [dst, src, ir.Constant(I64, nbytes), ir.Constant(ir.IntType(1), 0)])
+
+    def _lower_control(self, b, root, status):
+        """Run a cond's taken branch, or a while loop, by calling its bodies' functions."""
+        g = self.g
+        d = g.nodes[root]
+        layout = control_layout(g, root)
+        outs = self._region(b, root, layout["outputs"])
+        (ws,) = self._region(b, root, [layout["workspace"]])
+        args = [self.buffers[a] for a in d["args"]]
+        done_bb = b.append_basic_block(f"control.{root}.end")
+        if d["op"] == "cond":
+            true_fn, false_fn = self._lower_body(root, 0), self._lower_body(root, 1)
+            pred = Emitter(b).load(np.dtype(bool), args[0], ir.Constant(I64, 0))
+            then_bb = b.append_basic_block("cond.true")
+            else_bb = b.append_basic_block("cond.false")
+            b.cbranch(pred, then_bb, else_bb)
+            for block, fn in ((then_bb, true_fn), (else_bb, false_fn)):
+                b.position_at_end(block)
+                self._call_body(b, fn, args[1:] + outs + [ws], status, done_bb)
+                b.branch(done_bb)
+            b.position_at_end(done_bb)
+            return
+        cond_fn, body_fn = self._lower_body(root, 0), self._lower_body(root, 1)
+        n = d["attrs"]["num_carried"]
+        carried, captured = args[:n], args[n:]
+        sizes = [math.prod(s) * np.dtype(t).itemsize for s, t in zip(d["shape"], d["dtype"])]
+        state0 = self._region(b, root, layout["state"][0])
+        state1 = self._region(b, root, layout["state"][1])
+        (flag,) = self._region(b, root, [layout["flag"]])
+        for dst, src, size in zip(state0, carried, sizes):
+            self._memcpy(b, dst, src, size)
+        entry_bb = b.block
+        head_bb = b.append_basic_block(f"while.{root}.head")
+        exit_bb = b.append_basic_block(f"while.{root}.exit")
+        b.branch(head_bb)
+        b.position_at_end(head_bb)
+        flip = b.phi(ir.IntType(1), name="flip")
+        steps = b.phi(I64, name="steps")
+        flip.add_incoming(ir.Constant(ir.IntType(1), 0), entry_bb)
+        steps.add_incoming(ir.Constant(I64, 0), entry_bb)
+        current = [b.select(flip, s1, s0) for s0, s1 in zip(state0, state1)]
+        following = [b.select(flip, s0, s1) for s0, s1 in zip(state0, state1)]
+        self._call_body(b, cond_fn, current + captured + [flag, ws], status, done_bb)
+        go = Emitter(b).load(np.dtype(bool), flag, ir.Constant(I64, 0))
+        run_bb = b.append_basic_block(f"while.{root}.run")
+        b.cbranch(go, run_bb, exit_bb)
+        b.position_at_end(run_bb)
+        max_iters = d["attrs"].get("max_iters")
+        if max_iters is not None:
+            over_bb = b.append_basic_block(f"while.{root}.max_iters")
+            body_bb = b.append_basic_block(f"while.{root}.body")
+            b.cbranch(b.icmp_unsigned(">=", steps, ir.Constant(I64, max_iters)), over_bb, body_bb)
+            b.position_at_end(over_bb)
+            b.store(ir.Constant(I32, ERR_MAX_ITERS), status)
+            b.branch(done_bb)
+            b.position_at_end(body_bb)
+        self._call_body(b, body_fn, current + captured + following + [ws], status, done_bb)
+        flip.add_incoming(b.not_(flip), b.block)
+        steps.add_incoming(b.add(steps, ir.Constant(I64, 1)), b.block)
+        b.branch(head_bb)
+        b.position_at_end(exit_bb)
+        for dst, src, size in zip(outs, current, sizes):
+            self._memcpy(b, dst, src, size)
+        b.branch(done_bb)
+        b.position_at_end(done_bb)
+
     def _libc(self, name, ret, args):
         fn = self.module.globals.get(name)
         return fn or ir.Function(self.module, ir.FunctionType(ret, args), name)
@@ -150,7 +249,7 @@ class GraphLowering:
             data = data.astype(np.uint8)
         raw = bytearray(data.tobytes())
         ty = ir.ArrayType(I8, len(raw))
-        gv = ir.GlobalVariable(self.module, ty, name=f"const.{n}")
+        gv = ir.GlobalVariable(self.module, ty, name=f"{self.name}.const.{n}")
         gv.global_constant = True
         gv.linkage = "private"
         gv.unnamed_addr = True

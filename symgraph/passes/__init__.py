@@ -36,6 +36,28 @@ class PassRecord:
     details: dict = field(default_factory=dict)
 
 
+def map_bodies(g, fn):
+    """Apply `fn` to the bodies of every control node (passes see through control flow)."""
+    from ..graph import copy_graph
+    from ..ops import get_op
+
+    controls = [n for n in g.nodes if get_op(g.nodes[n]["op"]).kind == "control"]
+    if not controls:
+        return g
+    g = copy_graph(g)
+    for n in controls:
+        attrs = dict(g.nodes[n]["attrs"])
+        attrs["bodies"] = tuple(fn(body) for body in attrs["bodies"])
+        g.nodes[n]["attrs"] = attrs
+    return g
+
+
+def apply_pass(name, g):
+    """Run pass `name` on the bodies of control nodes (recursively), then on `g` itself."""
+    g = map_bodies(g, lambda body: apply_pass(name, body)[0])
+    return PASSES[name](g)
+
+
 def register_pass(name, fn):
     PASSES[name] = fn
 
@@ -65,7 +87,7 @@ def run_passes(g, names, *, verify=False, on_stage=None):
     for name in names:
         before = g.number_of_nodes()
         try:
-            g, details = PASSES[name](g)
+            g, details = apply_pass(name, g)
             if verify:
                 verify_graph(g, after=name)
         except SymgraphError as exc:

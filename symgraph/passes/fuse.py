@@ -20,6 +20,8 @@ CAN_ABSORB = ("elementwise", "movement", "reduce")
 def kernel_domain(g, root) -> tuple:
     """The loop domain of the kernel rooted at `root`: a reduction loops over its input."""
     d = g.nodes[root]
+    if get_op(d["op"]).kind == "control":
+        return ()
     if get_op(d["op"]).kind == "reduce":
         return g.nodes[d["args"][0]]["shape"]
     return d["shape"]
@@ -33,11 +35,11 @@ def assign_kernels(g, *, inline: bool):
     for n in reversed(order):
         d = g.nodes[n]
         kind = get_op(d["op"]).kind
-        if kind == "source":
+        if kind in ("source", "item"):  # items name a control node's result buffers
             d["kernel"] = None
             continue
         users = list(g.successors(n))
-        user_kernels = {kernel_of[u] for u in users}
+        user_kernels = {kernel_of.get(u) for u in users}
         if (inline and n not in outputs and kind in INLINABLE and len(user_kernels) == 1
                 and all(get_op(g.nodes[u]["op"]).kind in CAN_ABSORB for u in users)
                 and math.prod(d["shape"]) == domain_size[next(iter(user_kernels))]):

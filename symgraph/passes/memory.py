@@ -27,14 +27,35 @@ def materialized_intermediates(g) -> list:
     return sorted(found, key=lambda n: (g.nodes[n]["kernel"], n))
 
 
+def _reader_kernels(g, n, outputs, last):
+    """Kernels that read n's buffer; a control node's results are read through its items."""
+    for u in g.successors(n):
+        if g.nodes[u]["op"] == "item":
+            if u in outputs:
+                yield last  # copied into the caller's output after the last kernel
+            yield from _reader_kernels(g, u, outputs, last)
+        elif g.nodes[u]["kernel"] is not None:
+            yield g.nodes[u]["kernel"]
+
+
 def live_ranges(g, nodes) -> dict:
     """node -> (first kernel, last kernel) during which its buffer must hold its value."""
+    outputs = set(g.graph["outputs"])
+    last = g.graph.get("num_kernels", 0)
     ranges = {}
     for n in nodes:
         start = g.nodes[n]["kernel"]
-        end = max((g.nodes[u]["kernel"] for u in g.successors(n)), default=start)
+        end = max(_reader_kernels(g, n, outputs, last), default=start)
         ranges[n] = (start, end)
     return ranges
+
+
+def buffer_bytes(g, n) -> int:
+    if g.nodes[n]["op"] in ("cond", "while"):
+        from ..ops.control import control_layout
+
+        return control_layout(g, n)["total"]
+    return nbytes(g.nodes[n])
 
 
 def _aligned(size) -> int:
@@ -49,7 +70,7 @@ def plan(g, *, reuse: bool):
     buffers = {}  # (offset, size) -> buffer number, for reporting
     for n in nodes:
         start, end = ranges[n]
-        size = _aligned(nbytes(g.nodes[n]))
+        size = _aligned(buffer_bytes(g, n))
         if reuse:
             # Space whose last reader ran before this kernel can be taken again.
             still = []
@@ -75,7 +96,7 @@ def plan(g, *, reuse: bool):
         active.append((end, slot[0], slot[1]))
         g.nodes[n]["offset"] = slot[0]
         g.nodes[n]["buffer"] = buffers.setdefault(slot[0], len(buffers))
-    no_reuse = sum(_aligned(nbytes(g.nodes[n])) for n in nodes)
+    no_reuse = sum(_aligned(buffer_bytes(g, n)) for n in nodes)
     g.graph["workspace_bytes"] = top
     g.graph["memory_plan"] = {"peak_bytes": top, "no_reuse_bytes": no_reuse,
                               "num_buffers": len(buffers), "intermediates": len(nodes)}

@@ -32,6 +32,7 @@ from ..errors import (
 from ..frontend import Expr, find_variables, to_graph
 from ..graph import to_text
 from ..infer import specialize
+from ..ops.control import ERR_MAX_ITERS
 from ..ops.elementwise import ERR_NEGATIVE_INT_POWER
 from ..passes import VERIFY_DEFAULT, pipeline, run_passes
 
@@ -190,6 +191,7 @@ _NO_WORKSPACE = np.empty(0, np.uint8)
 _STATUS_MESSAGES = {
     ERR_NEGATIVE_INT_POWER: "pow: integers to negative integer powers are not allowed",
     ERR_NO_MEMORY: "out of memory allocating the workspace for intermediates",
+    ERR_MAX_ITERS: "while_loop reached max_iters before its condition became false",
 }
 
 

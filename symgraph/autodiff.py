@@ -1,0 +1,194 @@
+"""Reverse-mode automatic differentiation over frontend expressions.
+
+Gradients are ordinary expressions built from each op's `grad` rule (declared next to
+the op in `symgraph/ops/`), so they compile, fuse, evaluate and differentiate again like
+anything else. Rules that move or reduce data need the operands' shapes when the
+gradient is built, so differentiated paths need declared Variable shapes.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import frontend as fe
+from .errors import ArgumentError, ShapeError, SymgraphError, user_loc
+from .frontend import Expr
+from .ops import REGISTRY, get_op
+from .ops.registry import broadcast_shapes, normalize_axes
+
+# Ops whose outputs carry no derivative: graph leaves, and integer or boolean results.
+NON_DIFFERENTIABLE = frozenset({
+    "var", "const", "scalar",
+    "lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor", "invert",
+})
+# Ops that exist but have no rule yet: grad names them when they are on a differentiated path.
+NOT_YET_DIFFERENTIABLE = frozenset({"cond", "while", "item"})
+
+
+def grad(y, wrt):
+    """Gradient of the scalar expression `y` with respect to `wrt`: one expression for a
+    single Expr, a list for a list. Results are graph expressions of `wrt`'s shapes::
+
+        >>> import numpy as np, symgraph as sg
+        >>> x = sg.Variable("x", shape=(3,), dtype="float64")
+        >>> dx = sg.grad(sg.sum(x * x), x)
+        >>> sg.evaluate(dx, x=np.array([1.0, 2.0, 3.0]))
+        array([2., 4., 6.])
+    """
+    y = fe.as_expr(y)
+    if y.shape is None:
+        raise ShapeError("grad needs the shape of its output when the gradient is built",
+                         locs=(user_loc(), y.loc), hint=_DECLARE_HINT)
+    if math.prod(y.shape) != 1:
+        raise ShapeError(f"grad needs a scalar output, got shape {y.shape}",
+                         locs=(user_loc(), y.loc),
+                         hint="use symgraph.vjp(y, wrt, cotangent) for non-scalar outputs, "
+                              "or reduce y first (y.sum())")
+    if isinstance(y.dtype, np.dtype):
+        seed = fe.Constant(np.ones(y.shape, y.dtype))
+    else:
+        seed = fe.Constant(np.ones(y.shape, np.float64))
+    return vjp(y, wrt, seed)
+
+
+def vjp(y, wrt, cotangent):
+    """Vector-Jacobian product: sum over y's elements of cotangent * d y / d wrt, for
+    `cotangent` of y's shape; structured like `wrt` (one Expr or a list)."""
+    y = fe.as_expr(y)
+    cotangent = fe.as_expr(cotangent)
+    if y.shape is not None and cotangent.shape is not None and cotangent.shape != y.shape:
+        if broadcast_shapes("vjp", [cotangent.shape, y.shape]) != y.shape:
+            raise ShapeError(f"vjp cotangent of shape {cotangent.shape} does not match the "
+                             f"output's shape {y.shape}", locs=(user_loc(), y.loc))
+        cotangent = fe.broadcast_to(cotangent, y.shape)
+    single = isinstance(wrt, Expr)
+    targets = [wrt] if single else list(wrt)
+    for t in targets:
+        if not isinstance(t, Expr):
+            raise ArgumentError(f"grad/vjp differentiate with respect to expressions, got "
+                                f"{type(t).__name__}", locs=(user_loc(),))
+    grads = _backward(y, cotangent, targets)
+    return grads[0] if single else grads
+
+
+def _differentiable(e) -> bool:
+    """Whether values of `e` carry derivatives (floats; an unknown dtype counts as float)."""
+    return e.dtype is None or (isinstance(e.dtype, np.dtype) and e.dtype.kind == "f")
+
+
+def _backward(y, seed, targets):
+    order = fe.collect([y])
+    target_ids = {id(t) for t in targets}
+    live = set()  # expressions that depend differentiably on a target
+    for e in order:
+        if _differentiable(e) and (id(e) in target_ids or any(id(a) in live for a in e.args)):
+            live.add(id(e))
+    cotangents = {id(y): seed} if id(y) in live else {}
+    for e in reversed(order):
+        g = cotangents.get(id(e))
+        if g is None or not e.args or not any(id(a) in live for a in e.args):
+            continue
+        op = get_op(e.op)
+        if op.grad is None:
+            if e.op in NON_DIFFERENTIABLE:
+                continue
+            raise SymgraphError(f"{e.op} has no gradient rule", locs=(user_loc(), e.loc),
+                                hint="grad supports the ops listed in docs/autodiff.md")
+        contributions = op.grad(g, e, *e.args, **e.attrs)
+        for a, c in zip(e.args, contributions):
+            if c is None or id(a) not in live:
+                continue
+            c = _like(c, a)
+            previous = cotangents.get(id(a))
+            cotangents[id(a)] = c if previous is None else previous + c
+    return [cotangents[id(t)] if id(t) in cotangents else zeros_like(t) for t in targets]
+
+
+def _like(c, a):
+    """A cotangent in its operand's dtype (an op may compute in a wider one)."""
+    if isinstance(a.dtype, np.dtype) and isinstance(c.dtype, np.dtype) and c.dtype != a.dtype:
+        return fe.astype(c, a.dtype)
+    return c
+
+
+def zeros_like(x):
+    """Exact zeros of x's shape and dtype (never x * 0, which is NaN for inf and NaN)."""
+    if x.shape is not None and isinstance(x.dtype, np.dtype):
+        return fe.broadcast_to(fe.Constant(0, dtype=x.dtype), x.shape)
+    return fe.where(True, 0, x)  # weak 0 takes x's dtype, the condition picks it everywhere
+
+
+# --- helpers for the rules in symgraph/ops ----------------------------------------------------
+
+_DECLARE_HINT = ("declare the shapes of the Variables being differentiated, "
+                 "e.g. Variable('x', shape=(3,), dtype='float64')")
+
+
+def shape_of(e, why: str) -> tuple:
+    """The shape of `e`, which a gradient rule needs; an error when it is not yet known."""
+    if e.shape is None:
+        raise ShapeError(f"the gradient of {why} needs operand shapes when it is built",
+                         locs=(user_loc(), e.loc), hint=_DECLARE_HINT)
+    return e.shape
+
+
+def sum_to(g, shape):
+    """Sum the cotangent `g` back to `shape`, undoing numpy broadcasting."""
+    g_shape = shape_of(g, "a broadcasting op")
+    shape = tuple(shape)
+    if g_shape == shape:
+        return g
+    lead = len(g_shape) - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, d in enumerate(shape) if d == 1 and g_shape[lead + i] != 1)
+    if axes:
+        g = fe.sum(g, axes)
+    return g if g.shape == shape else fe.reshape(g, shape)
+
+
+def unbroadcast(g, x):
+    """Sum the cotangent `g` back to operand x's shape (None stays None)."""
+    if g is None:
+        return None
+    return sum_to(g, shape_of(x, "a broadcasting op"))
+
+
+def reduction_parts(opname, x, axes, keepdims):
+    """(sorted axes, keepdims shape) of a reduction of x."""
+    shape = shape_of(x, opname)
+    axes = normalize_axes(opname, axes, len(shape))
+    kept = tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return axes, kept
+
+
+def zeros(shape, dtype):
+    """A zero block for scattering cotangents (float64 when the dtype is unknown)."""
+    dtype = dtype if isinstance(dtype, np.dtype) else np.dtype(np.float64)
+    return fe.broadcast_to(fe.Constant(0, dtype=dtype), shape)
+
+
+def pad_axis(g, axis, before, after):
+    """`g` with `before` and `after` zeros along `axis`."""
+    shape = g.shape
+    parts = []
+    if before:
+        parts.append(zeros(shape[:axis] + (before,) + shape[axis + 1:], g.dtype))
+    parts.append(g)
+    if after:
+        parts.append(zeros(shape[:axis] + (after,) + shape[axis + 1:], g.dtype))
+    return parts[0] if len(parts) == 1 else fe.concatenate(parts, axis)
+
+
+def axis_slice(g, axis, start, stop, step=1):
+    """g[..., start:stop:step, ...] along one axis."""
+    items = (("slice", None, None, None),) * axis + (("slice", start, stop, step),)
+    return fe.apply("slice", g, items=items)
+
+
+def differentiable_ops() -> list:
+    """Registered ops that declare a gradient rule."""
+    return sorted(name for name, op in REGISTRY.items() if op.grad is not None)
+
+
+__all__ = ["grad", "vjp", "zeros_like", "NON_DIFFERENTIABLE", "NOT_YET_DIFFERENTIABLE"]

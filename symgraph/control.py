@@ -1,0 +1,158 @@
+"""Control flow inside graphs: cond, while_loop, fori_loop.
+
+The user's functions are traced once with placeholder Variables; values they use from
+outside (closures) become extra operands. Only the taken branch runs, and loops run in
+native code. On plain numpy values every function here runs eagerly, in Python.
+"""
+from __future__ import annotations
+
+from .errors import ArgumentError, user_loc
+from .frontend import Expr, Variable, _ids, apply, as_expr
+from .ops.control import Body
+
+_trace_ids = iter(range(1 << 62))
+
+
+def _placeholder(like: Expr, index: int) -> Variable:
+    dtype = like.dtype if not isinstance(like.dtype, type) else None
+    if isinstance(like.dtype, type):  # a weak Python scalar: NumPy's default dtype
+        from .dtypes import default_dtype
+
+        dtype = default_dtype(like.dtype)
+    shape = like.shape
+    return Variable(f"_p{next(_trace_ids)}_{index}", shape=shape, dtype=dtype)
+
+
+def _trace(fn, operands, what):
+    """Call `fn` on placeholders; returns (params, outputs, structure, captured outer Exprs)."""
+    first_id = next(_ids) + 1  # Exprs with smaller ids existed before tracing: outer values
+    params = [_placeholder(o, i) for i, o in enumerate(operands)]
+    result = fn(*params)
+    if isinstance(result, (tuple, list)):
+        structure, outputs = type(result).__name__, list(result)
+    else:
+        structure, outputs = "single", [result]
+    if not outputs:
+        raise ArgumentError(f"the {what} returned no values", locs=(user_loc(),))
+    outputs = [as_expr(o) for o in outputs]
+    param_ids = {id(p) for p in params}
+    captured, seen, stack = [], set(), list(reversed(outputs))
+    while stack:
+        e = stack.pop()
+        if id(e) in seen or id(e) in param_ids:
+            continue
+        seen.add(id(e))
+        if e.id < first_id:  # made outside the body: its value comes in as an operand
+            captured.append(e)
+            continue
+        if e.op == "var":
+            raise ArgumentError(f"the {what} uses Variable {e.attrs['name']!r} created inside it",
+                                locs=(e.loc,), hint="create Variables outside control flow")
+        stack.extend(reversed(e.args))
+    return params, outputs, structure, captured
+
+
+def _body(params, outputs, captured, structure):
+    names = [p.attrs["name"] for p in params] + [f"_c{i}" for i in range(len(captured))]
+    return Body(params + captured, outputs, names, user_loc(), structure)
+
+
+def _unique(exprs):
+    seen, out = set(), []
+    for e in exprs:
+        if id(e) not in seen:
+            seen.add(id(e))
+            out.append(e)
+    return out
+
+
+def _results(node, count, structure):
+    items = [apply("item", node, index=k) for k in range(count)]
+    if structure == "single":
+        return items[0]
+    return list(items) if structure == "list" else tuple(items)
+
+
+def cond(pred, true_fn, false_fn, *operands):
+    """Run ``true_fn(*operands)`` if the 0-d `pred` holds, else ``false_fn(*operands)``.
+
+    Only the taken branch runs. Both must return the same structure, shapes and dtypes.
+    """
+    if not any(isinstance(v, Expr) for v in (pred, *operands)):
+        return true_fn(*operands) if bool(pred) else false_fn(*operands)
+    exprs = [as_expr(o) for o in operands]
+    t_params, t_out, t_struct, t_cap = _trace(true_fn, exprs, "true branch")
+    t_loc = user_loc()
+    f_params, f_out, f_struct, f_cap = _trace(false_fn, exprs, "false branch")
+    captured = _unique(t_cap + f_cap)
+    true_body = _body(t_params, t_out, captured, t_struct)
+    false_body = _body(f_params, f_out, captured, f_struct)
+    true_body.loc = _fn_loc(true_fn) or t_loc
+    false_body.loc = _fn_loc(false_fn) or t_loc
+    node = apply("cond", pred, *exprs, *captured, bodies=(true_body, false_body),
+                 num_operands=len(exprs))
+    return _results(node, len(t_out), t_struct)
+
+
+def while_loop(cond_fn, body_fn, loop_vars, max_iters=None):
+    """Repeat ``loop_vars = body_fn(*loop_vars)`` while ``cond_fn(*loop_vars)``; returns a tuple.
+
+    Loop variables keep their shapes and dtypes. With `max_iters`, reaching it is an error.
+    """
+    values = list(loop_vars) if isinstance(loop_vars, (tuple, list)) else [loop_vars]
+    if max_iters is not None and (not isinstance(max_iters, int) or max_iters < 0):
+        raise ArgumentError(f"max_iters must be a non-negative int, got {max_iters!r}")
+    if not any(isinstance(v, Expr) for v in values):
+        steps = 0
+        while bool(cond_fn(*values)):
+            if max_iters is not None and steps >= max_iters:
+                from .errors import ExecutionError
+
+                raise ExecutionError(f"while_loop reached max_iters={max_iters}")
+            result = body_fn(*values)
+            values = list(result) if isinstance(result, (tuple, list)) else [result]
+            steps += 1
+        return tuple(values)
+    exprs = [as_expr(v) for v in values]
+    c_params, c_out, _, c_cap = _trace(cond_fn, exprs, "loop condition")
+    b_params, b_out, _, b_cap = _trace(body_fn, exprs, "loop body")
+    if len(b_out) != len(exprs):
+        raise ArgumentError(f"while_loop body returns {len(b_out)} values for {len(exprs)} loop "
+                            "variables", locs=(_fn_loc(body_fn), user_loc()))
+    captured = _unique(c_cap + b_cap)
+    cond_body = _body(c_params, c_out, captured, "single")
+    loop_body = _body(b_params, b_out, captured, "tuple")
+    cond_body.loc = _fn_loc(cond_fn) or cond_body.loc
+    loop_body.loc = _fn_loc(body_fn) or loop_body.loc
+    node = apply("while", *exprs, *captured, bodies=(cond_body, loop_body), num_carried=len(exprs),
+                 max_iters=max_iters, init_loc=user_loc())
+    return _results(node, len(exprs), "tuple")
+
+
+def fori_loop(lower, upper, body_fn, init):
+    """``for i in range(lower, upper): val = body_fn(i, val)``; returns the final val."""
+    single = not isinstance(init, (tuple, list))
+    values = [init] if single else list(init)
+    max_iters = None
+    if isinstance(lower, int) and isinstance(upper, int):
+        max_iters = max(0, upper - lower)
+
+    def loop_cond(i, *vals):
+        return i < upper
+
+    def loop_body(i, *vals):
+        result = body_fn(i, vals[0] if single else tuple(vals))
+        result = [result] if single else list(result)
+        return (i + 1, *result)
+
+    final = while_loop(loop_cond, loop_body, (lower, *values), max_iters=max_iters)
+    return final[1] if single else tuple(final[1:])
+
+
+def _fn_loc(fn):
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return None
+    from .errors import Loc
+
+    return Loc(code.co_filename, code.co_firstlineno, code.co_name)
