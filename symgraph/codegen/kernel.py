@@ -24,6 +24,7 @@ from .emit import I8, I32, I64, PTR, Emitter, memory_type, register_type
 from .loops import emit_loop, emit_nest
 
 ERR_NO_MEMORY = 2
+PARALLEL_MIN_ELEMENTS = 1 << 17  # below this, starting threads costs more than it saves
 PARTIAL_SUM_BYTES = 256  # reduction lanes: four 512-bit registers of independent partial sums
 
 
@@ -47,8 +48,10 @@ def broadcast_index(idx, out_shape, in_shape, em):
 class GraphLowering:
     """Builds the LLVM module for one typed, scheduled and planned graph."""
 
-    def __init__(self, g, name: str, math_impl=None, triple: str = "", module=None):
+    def __init__(self, g, name: str, math_impl=None, triple: str = "", module=None,
+                 num_threads: int = 1):
         self.g = g
+        self.num_threads = max(1, int(num_threads))
         self.name = name
         self.math_impl = math_impl
         self.module = module if module is not None else ir.Module(name=name)
@@ -151,7 +154,8 @@ class GraphLowering:
     # --- control flow ------------------------------------------------------------------------
     def _lower_body(self, root, i):
         body = self.g.nodes[root]["attrs"]["bodies"][i]
-        lowering = GraphLowering(body, f"{self.name}.n{root}.b{i}", self.math_impl, module=self.module)
+        lowering = GraphLowering(body, f"{self.name}.n{root}.b{i}", self.math_impl,
+                                 module=self.module, num_threads=self.num_threads)
         lowering.lower()
         fn = self.module.get_global(lowering.name)
         fn.linkage = "internal"
@@ -280,19 +284,127 @@ class GraphLowering:
                 if a not in member_set and a not in reads:
                     reads.append(a)
         params = [root] + reads
-        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * (len(params) + 1)),
-                         f"{self.name}.k{k}.{g.nodes[root]['op']}")
+        name = f"{self.name}.k{k}.{g.nodes[root]['op']}"
+        plan = self._parallel_plan(root, member_set) if self.num_threads > 1 else None
+        extra = [I64, I64] + ([PTR] if plan and plan[1] == "partials" else []) if plan else []
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * (len(params) + 1) + extra),
+                         name + (".range" if plan else ""))
         fn.linkage = "internal"
-        for arg in fn.args[:-1]:
+        for arg in fn.args[:len(params)]:
             arg.add_attribute("noalias")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         kernel = _KernelBody(self, b, member_set, {p: fn.args[i] for i, p in enumerate(params)},
-                             fn.args[-1])
+                             fn.args[len(params)])
+        if plan:
+            kernel.outer = (fn.args[len(params) + 1], fn.args[len(params) + 2])
+            if plan[1] == "partials":
+                kernel.partial_out = fn.args[len(params) + 3]
         kind = get_op(g.nodes[root]["op"]).kind
         {"reduce": kernel.reduce, "matmul": kernel.matmul, "concat": kernel.concat}.get(
             kind, kernel.elementwise)(root)
         b.ret_void()
+        if plan:
+            fn = self._parallel_dispatcher(name, fn, len(params), root, plan)
         return fn, params
+
+    def _parallel_plan(self, root, members):
+        """(extent, mode) when the kernel's outermost loop is worth splitting across threads."""
+        g = self.g
+        d = g.nodes[root]
+        kind = get_op(d["op"]).kind
+        probe = _KernelBody(self, None, members, {}, None)
+        if kind == "elementwise" or kind == "movement":
+            work = math.prod(d["shape"])
+            extent = work if probe._flat_ok(root) else (d["shape"][0] if d["shape"] else 1)
+            mode = "outer"
+        elif kind == "reduce":
+            in_shape = g.nodes[d["args"][0]]["shape"]
+            axes = d["attrs"]["axes"]
+            ndim = len(in_shape)
+            if tuple(axes) != tuple(range(ndim - len(axes), ndim)):
+                return None  # reductions into the output would race across threads
+            work = math.prod(in_shape)
+            kept = in_shape[: ndim - len(axes)]
+            if kept:
+                extent, mode = kept[0], "outer"
+            elif probe._flat_ok(d["args"][0], over=in_shape):
+                extent, mode = work, "partials"
+            else:
+                return None
+        else:
+            return None
+        if work < PARALLEL_MIN_ELEMENTS or extent < 2:
+            return None
+        return extent, mode
+
+    def _parallel_dispatcher(self, name, range_fn, n_params, root, plan):
+        """The kernel as the entry calls it: split [0, extent) into one fixed chunk per thread,
+        run chunk 0 here and the others on new threads, then join (no thread idles or spins).
+        Chunk bounds depend only on the extent and thread count: results never depend on
+        timing. A thread that cannot be created runs its chunk here instead."""
+        extent, mode = plan
+        threads = min(self.num_threads, extent)
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * (n_params + 1)), name)
+        fn.linkage = "internal"
+        worker = self._worker(name, range_fn, n_params, mode)
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        words = n_params + 1 + 2 + (1 if mode == "partials" else 0)
+        acc_type = None
+        if mode == "partials":
+            acc_dtype = np.dtype(compute_dtype(node_typing(self.g, root)))
+            acc_type = register_type(acc_dtype)
+            partials = b.alloca(acc_type, size=ir.Constant(I64, threads), name="thread_partials")
+        create = self._libc("pthread_create", I32, [PTR, PTR, PTR, PTR])
+        join = self._libc("pthread_join", I32, [I64, PTR])
+        handles = b.alloca(I64, size=ir.Constant(I64, threads), name="threads")
+        started = b.alloca(ir.IntType(1), size=ir.Constant(I64, threads), name="started")
+        bounds = [extent * t // threads for t in range(threads + 1)]
+
+        def chunk_args(t):
+            args = list(fn.args) + [ir.Constant(I64, bounds[t]), ir.Constant(I64, bounds[t + 1])]
+            if mode == "partials":
+                args.append(b.gep(partials, [ir.Constant(I64, t)], source_etype=acc_type))
+            return args
+
+        for t in range(1, threads):
+            ctx = b.alloca(I64, size=ir.Constant(I64, words), name=f"ctx{t}")
+            for i, value in enumerate(chunk_args(t)):
+                word = b.ptrtoint(value, I64) if isinstance(value.type, ir.PointerType) else value
+                b.store(word, b.gep(ctx, [ir.Constant(I64, i)], source_etype=I64))
+            slot = b.gep(handles, [ir.Constant(I64, t)], source_etype=I64)
+            rc = b.call(create, [slot, ir.Constant(PTR, None), worker, ctx])
+            ok = b.icmp_unsigned("==", rc, ir.Constant(I32, 0))
+            b.store(ok, b.gep(started, [ir.Constant(I64, t)], source_etype=ir.IntType(1)))
+            with b.if_then(b.not_(ok)):
+                b.call(range_fn, chunk_args(t))
+        b.call(range_fn, chunk_args(0))
+        for t in range(1, threads):
+            ok = b.load(b.gep(started, [ir.Constant(I64, t)], source_etype=ir.IntType(1)),
+                        typ=ir.IntType(1))
+            with b.if_then(ok):
+                handle = b.load(b.gep(handles, [ir.Constant(I64, t)], source_etype=I64), typ=I64)
+                b.call(join, [handle, ir.Constant(PTR, None)])
+        if mode == "partials":
+            kernel = _KernelBody(self, b, set(), {root: fn.args[0]}, fn.args[n_params])
+            kernel.finish_partials(root, [
+                b.load(b.gep(partials, [ir.Constant(I64, t)], source_etype=acc_type), typ=acc_type)
+                for t in range(threads)])
+        b.ret_void()
+        return fn
+
+    def _worker(self, name, range_fn, n_params, mode):
+        """The thread entry: unpack the chunk's arguments from its context words."""
+        worker = ir.Function(self.module, ir.FunctionType(PTR, [PTR]), f"{name}.worker")
+        worker.linkage = "internal"
+        b = ir.IRBuilder(worker.append_basic_block("entry"))
+        ctx = worker.args[0]
+        args = []
+        for i, ty in enumerate(range_fn.function_type.args):
+            word = b.load(b.gep(ctx, [ir.Constant(I64, i)], source_etype=I64), typ=I64)
+            args.append(b.inttoptr(word, PTR) if isinstance(ty, ir.PointerType) else word)
+        b.call(range_fn, args)
+        b.ret(ir.Constant(PTR, None))
+        return worker
 
 
 class _KernelBody:
@@ -303,8 +415,10 @@ class _KernelBody:
         self.b = b
         self.members = members
         self.pointers = pointers
-        self.em = Emitter(b, status_ptr, lowering.math_impl)
+        self.em = Emitter(b, status_ptr, lowering.math_impl) if b is not None else None
         self.memo = {}
+        self.outer = None  # (lo, hi): this thread's slice of the outermost loop
+        self.partial_out = None  # where a thread leaves its partial reduction
 
     # value of `node` at index `idx` (a list in node's shape, or a _Flat)
     def value(self, node, idx):
@@ -359,14 +473,18 @@ class _KernelBody:
                 self.memo.clear()
                 em.store(d["dtype"], self.value(root, _Flat(i)), ptr, i)
 
-            emit_loop(self.b, math.prod(d["shape"]), body)
+            if self.outer is not None:
+                lo, hi = self.outer
+                emit_loop(self.b, self.b.sub(hi, lo), body, start=lo)
+            else:
+                emit_loop(self.b, math.prod(d["shape"]), body)
             return
 
         def nest_body(idx):
             self.memo.clear()
             em.store(d["dtype"], self.value(root, idx), ptr, em.linearize(idx, d["shape"]))
 
-        emit_nest(self.b, d["shape"], nest_body)
+        emit_nest(self.b, d["shape"], nest_body, outer=self.outer)
 
     def reduce(self, root):
         g, em, b = self.g, self.em, self.b
@@ -400,6 +518,13 @@ class _KernelBody:
             if len(inner) == 1 or flat_inner:
                 size = math.prod(inner)
 
+                if self.partial_out is not None:  # this thread's share of a full reduction
+                    lo, hi = self.outer
+                    result = self._partial_sums(op, acc_dtype, identity, b.sub(hi, lo),
+                                                lambda r: element(_Flat(b.add(lo, r))))
+                    b.store(result, self.partial_out)
+                    return
+
                 def outer_partials(prefix):
                     def at(r):
                         return _Flat(r) if flat_inner else prefix + [r]
@@ -407,7 +532,7 @@ class _KernelBody:
                     result = self._partial_sums(op, acc_dtype, identity, size, lambda r: element(at(r)))
                     em.store(out_dtype, finish(result), ptr, em.linearize(prefix, kept))
 
-                emit_nest(b, kept, outer_partials, "o")
+                emit_nest(b, kept, outer_partials, "o", outer=self.outer)
                 return
             acc_slot = b.alloca(register_type(acc_dtype), name="acc")
 
@@ -423,7 +548,7 @@ class _KernelBody:
                 result = finish(b.load(acc_slot, typ=register_type(acc_dtype)))
                 em.store(out_dtype, result, ptr, em.linearize(prefix, kept))
 
-            emit_nest(b, kept, outer, "o")
+            emit_nest(b, kept, outer, "o", outer=self.outer)
             return
         # Otherwise walk the input in row-major order, accumulating into the output.
         out_size = math.prod(d["shape"])
@@ -454,7 +579,9 @@ class _KernelBody:
         lane j accumulates elements j, j+W, j+2W, ... (W lanes fill a few SIMD registers),
         then the lanes combine in a fixed pairwise tree."""
         b, em = self.b, self.em
-        lanes = max(1, min(PARTIAL_SUM_BYTES // dtype.itemsize, size))
+        dynamic = not isinstance(size, int)
+        lanes = PARTIAL_SUM_BYTES // dtype.itemsize
+        lanes = lanes if dynamic else max(1, min(lanes, size))
         ty = register_type(dtype)
         partials = b.alloca(ty, size=ir.Constant(I64, lanes), name="partials")
 
@@ -463,7 +590,11 @@ class _KernelBody:
 
         for j in range(lanes):
             b.store(identity, slot(ir.Constant(I64, j)))
-        blocks, rest = divmod(size, lanes)
+        if dynamic:
+            blocks = b.udiv(size, ir.Constant(I64, lanes))
+            rest = b.urem(size, ir.Constant(I64, lanes))
+        else:
+            blocks, rest = divmod(size, lanes)
 
         def accumulate(base):
             def lane(j):
@@ -475,13 +606,30 @@ class _KernelBody:
         emit_loop(b, blocks, lambda blk: emit_loop(
             b, lanes, accumulate(b.mul(blk, ir.Constant(I64, lanes), flags=["nuw", "nsw"])), "lane"),
             "block")
-        if rest:
+        if dynamic:
+            emit_loop(b, rest, accumulate(b.mul(blocks, ir.Constant(I64, lanes))), "rest")
+        elif rest:
             emit_loop(b, rest, accumulate(ir.Constant(I64, blocks * lanes)), "rest")
         values = [b.load(slot(ir.Constant(I64, j)), typ=ty) for j in range(lanes)]
         while len(values) > 1:
             pairs = [op.lower(em, dtype, values[i], values[i + 1]) for i in range(0, len(values) - 1, 2)]
             values = pairs + ([values[-1]] if len(values) % 2 else [])
         return values[0]
+
+    def finish_partials(self, root, partials):
+        """Combine the threads' partial reductions in thread order, finalize and store."""
+        g, em = self.g, self.em
+        d = g.nodes[root]
+        op = get_op(d["op"])
+        acc_dtype = np.dtype(compute_dtype(node_typing(g, root)))
+        acc = partials[0]
+        for p in partials[1:]:
+            acc = op.lower(em, acc_dtype, acc, p)
+        if op.finalize is not None:
+            in_shape = g.nodes[d["args"][0]]["shape"]
+            acc = op.finalize(em, acc_dtype, acc, math.prod(in_shape[a] for a in d["attrs"]["axes"]))
+        em.store(d["dtype"], em.cast(acc_dtype, d["dtype"], acc), self.pointers[root],
+                 ir.Constant(I64, 0))
 
     def matmul(self, root):
         g, em, b = self.g, self.em, self.b
@@ -557,9 +705,9 @@ class _KernelBody:
             start += shape[axis]
 
 
-def lower_graph(g, name="symgraph_main", math_impl=None, triple="") -> ir.Module:
+def lower_graph(g, name="symgraph_main", math_impl=None, triple="", num_threads=1) -> ir.Module:
     """The LLVM module for a typed, scheduled and planned graph."""
-    return GraphLowering(g, name, math_impl, triple).lower()
+    return GraphLowering(g, name, math_impl, triple, num_threads=num_threads).lower()
 
 
 __all__ = ["lower_graph", "memory_type", "I64"]

@@ -6,34 +6,54 @@ from llvmlite import ir
 I64 = ir.IntType(64)
 
 
-def emit_loop(b: ir.IRBuilder, count: int, body, name: str = "i") -> None:
-    """Emit ``for i in range(count): body(i)``; nothing at all when count is 0."""
-    if count == 0:
-        return
-    if count == 1:
-        body(ir.Constant(I64, 0))
-        return
+def emit_loop(b: ir.IRBuilder, count, body, name: str = "i", start=None) -> None:
+    """Emit ``for i in range(start, start + count): body(i)``.
+
+    `count` is a Python int (nothing is emitted for 0) or an i64 value (a guard skips the
+    loop when it is not positive); `start` defaults to 0.
+    """
+    dynamic = not isinstance(count, int)
+    if not dynamic:
+        if count == 0:
+            return
+        if count == 1 and start is None:
+            body(ir.Constant(I64, 0))
+            return
+    start = ir.Constant(I64, 0) if start is None else start
+    end = b.add(start, count if dynamic else ir.Constant(I64, count), name=f"{name}.end")
     pre = b.block
     loop_bb = b.append_basic_block(f"{name}.loop")
-    exit_bb = b.append_basic_block(f"{name}.end")
-    b.branch(loop_bb)
+    exit_bb = b.append_basic_block(f"{name}.exit")
+    if dynamic:
+        b.cbranch(b.icmp_signed(">", count, ir.Constant(I64, 0)), loop_bb, exit_bb)
+    else:
+        b.branch(loop_bb)
     b.position_at_end(loop_bb)
     i = b.phi(I64, name=name)
-    i.add_incoming(ir.Constant(I64, 0), pre)
+    i.add_incoming(start, pre)
     body(i)
-    nxt = b.add(i, ir.Constant(I64, 1), name=f"{name}.next", flags=["nuw", "nsw"])
+    nxt = b.add(i, ir.Constant(I64, 1), name=f"{name}.next", flags=["nsw"])
     i.add_incoming(nxt, b.block)
-    b.cbranch(b.icmp_unsigned("<", nxt, ir.Constant(I64, count)), loop_bb, exit_bb)
+    b.cbranch(b.icmp_signed("<", nxt, end), loop_bb, exit_bb)
     b.position_at_end(exit_bb)
 
 
-def emit_nest(b: ir.IRBuilder, shape, body, prefix: str = "i") -> None:
-    """Row-major loop nest over `shape`; body receives the list of indices."""
+def emit_nest(b: ir.IRBuilder, shape, body, prefix: str = "i", outer=None) -> None:
+    """Row-major loop nest over `shape`; body receives the list of indices.
+
+    With `outer=(lo, hi)` (i64 values) the outermost loop covers only [lo, hi): the slice of
+    the nest one thread runs.
+    """
 
     def level(axis, index):
         if axis == len(shape):
             body(index)
             return
-        emit_loop(b, shape[axis], lambda i: level(axis + 1, index + [i]), f"{prefix}{axis}")
+        step = lambda i: level(axis + 1, index + [i])  # noqa: E731
+        if axis == 0 and outer is not None:
+            lo, hi = outer
+            emit_loop(b, b.sub(hi, lo), step, f"{prefix}{axis}", start=lo)
+        else:
+            emit_loop(b, shape[axis], step, f"{prefix}{axis}")
 
     level(0, [])
