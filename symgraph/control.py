@@ -156,3 +156,58 @@ def _fn_loc(fn):
     from .errors import Loc
 
     return Loc(code.co_filename, code.co_firstlineno, code.co_name)
+
+
+def scan(fn, init, xs):
+    """``carry, y = fn(carry, x)`` for each x along the leading axis of `xs`; returns
+    ``(carry, ys)`` with the ys stacked, as ``jax.lax.scan``. `init` and `xs` may be single
+    arrays or tuples of them, and `fn` receives and returns the same structure."""
+    carry_single = not isinstance(init, (tuple, list))
+    xs_single = not isinstance(xs, (tuple, list))
+    carry = [init] if carry_single else list(init)
+    xs_list = [xs] if xs_single else list(xs)
+    if not any(isinstance(v, Expr) for v in (*carry, *xs_list)):
+        import numpy as np
+
+        ys = []
+        for i in range(len(np.asarray(xs_list[0]))):
+            row = [np.asarray(x)[i] for x in xs_list]
+            c, y = fn(carry[0] if carry_single else tuple(carry), row[0] if xs_single else tuple(row))
+            carry = [c] if carry_single else list(c)
+            ys.append(y)
+        stacked = (np.stack([np.asarray(y) for y in ys]) if not isinstance(ys[0], (tuple, list))
+                   else tuple(np.stack([np.asarray(y[k]) for y in ys]) for k in range(len(ys[0]))))
+        return (carry[0] if carry_single else tuple(carry)), stacked
+    carry_exprs = [as_expr(c) for c in carry]
+    xs_exprs = [as_expr(x) for x in xs_list]
+    rows = [_row_like(x) for x in xs_exprs]
+    n_carry = len(carry_exprs)
+    y_structure = []
+
+    def flat_fn(*args):
+        c = args[:n_carry]
+        r = args[n_carry:]
+        new_carry, y = fn(c[0] if carry_single else tuple(c), r[0] if xs_single else tuple(r))
+        new_carry = [new_carry] if carry_single else list(new_carry)
+        if len(new_carry) != n_carry:
+            raise ArgumentError(f"scan body returned {len(new_carry)} carry values for {n_carry}")
+        y_list = list(y) if isinstance(y, (tuple, list)) else [y]
+        y_structure.append(isinstance(y, (tuple, list)))
+        return (*new_carry, *y_list)
+
+    params, outputs, _, captured = _trace(flat_fn, carry_exprs + rows, "scan body")
+    body = _body(params, outputs, captured, "tuple")
+    body.loc = _fn_loc(fn) or body.loc
+    node = apply("scan", *carry_exprs, *xs_exprs, *captured, bodies=(body,), num_carried=n_carry,
+                 num_xs=len(xs_exprs), init_loc=user_loc())
+    results = _results(node, len(outputs), "tuple")
+    final, ys = results[:n_carry], results[n_carry:]
+    final = final[0] if carry_single else tuple(final)
+    ys = tuple(ys) if y_structure and y_structure[0] else ys[0]
+    return final, ys
+
+
+def _row_like(x: Expr) -> Expr:
+    """A stand-in carrying the type of one row of `x`: the scan body's placeholder copies it."""
+    return Expr("var", (), {"name": "_row", "shape": None, "dtype": None},
+                shape=None if x.shape is None else tuple(x.shape[1:]), dtype=x.dtype)

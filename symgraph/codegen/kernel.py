@@ -198,6 +198,9 @@ class GraphLowering:
                 b.branch(done_bb)
             b.position_at_end(done_bb)
             return
+        if d["op"] == "scan":
+            self._lower_scan(b, root, layout, outs, ws, args, status, done_bb)
+            return
         cond_fn, body_fn = self._lower_body(root, 0), self._lower_body(root, 1)
         n = d["attrs"]["num_carried"]
         carried, captured = args[:n], args[n:]
@@ -239,6 +242,46 @@ class GraphLowering:
         b.position_at_end(exit_bb)
         for dst, src, size in zip(outs, current, sizes):
             self._memcpy(b, dst, src, size)
+        b.branch(done_bb)
+        b.position_at_end(done_bb)
+
+    def _lower_scan(self, b, root, layout, outs, ws, args, status, done_bb):
+        """Step the body over rows of xs: it reads row i in place and writes ys row i in place;
+        the carry alternates between two state buffers."""
+        d = self.g.nodes[root]
+        body_fn = self._lower_body(root, 0)
+        n_c, n_x = d["attrs"]["num_carried"], d["attrs"]["num_xs"]
+        carried, xs, captured = args[:n_c], args[n_c:n_c + n_x], args[n_c + n_x:]
+        shapes, dtypes = d["shape"], d["dtype"]
+        carry_sizes = [math.prod(s) * np.dtype(t).itemsize for s, t in zip(shapes[:n_c], dtypes[:n_c])]
+        x_nodes = d["args"][n_c:n_c + n_x]
+        x_rows = [math.prod(self.g.nodes[x]["shape"][1:]) * self.g.nodes[x]["dtype"].itemsize
+                  for x in x_nodes]
+        y_rows = [math.prod(s[1:]) * np.dtype(t).itemsize for s, t in zip(shapes[n_c:], dtypes[n_c:])]
+        length = shapes[n_c][0] if len(shapes) > n_c else self.g.nodes[x_nodes[0]]["shape"][0]
+        state0 = self._region(b, root, layout["state"][0])
+        state1 = self._region(b, root, layout["state"][1])
+        for dst, src, size in zip(state0, carried, carry_sizes):
+            self._memcpy(b, dst, src, size)
+        flip = b.alloca(ir.IntType(1), name="flip")
+        b.store(ir.Constant(ir.IntType(1), 0), flip)
+        fail_bb = done_bb
+
+        def step(i):
+            f = b.load(flip, typ=ir.IntType(1))
+            current = [b.select(f, s1, s0) for s0, s1 in zip(state0, state1)]
+            following = [b.select(f, s0, s1) for s0, s1 in zip(state0, state1)]
+            rows = [b.gep(x, [b.mul(i, ir.Constant(I64, r))], source_etype=I8) for x, r in zip(xs, x_rows)]
+            ys = [b.gep(y, [b.mul(i, ir.Constant(I64, r))], source_etype=I8)
+                  for y, r in zip(outs[n_c:], y_rows)]
+            self._call_body(b, body_fn, current + rows + captured + following + ys + [ws], status,
+                            fail_bb)
+            b.store(b.not_(f), flip)
+
+        emit_loop(b, length, step, f"scan{root}")
+        f = b.load(flip, typ=ir.IntType(1))
+        for dst, s0, s1, size in zip(outs[:n_c], state0, state1, carry_sizes):
+            self._memcpy(b, dst, b.select(f, s1, s0), size)
         b.branch(done_bb)
         b.position_at_end(done_bb)
 

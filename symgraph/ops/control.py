@@ -126,6 +126,50 @@ def _while_reference(*operands, bodies, num_carried, max_iters=None, **attrs):
     return tuple(np.array(c, copy=True) for c in carried)
 
 
+def _scan_infer(in_types, attrs):
+    types = [(tuple(s), _strong(d)) for s, d in in_types]
+    n_carry, n_xs = attrs["num_carried"], attrs["num_xs"]
+    carry, xs, captured = types[:n_carry], types[n_carry:n_carry + n_xs], types[n_carry + n_xs:]
+    lengths = {s[0] if s else None for s, _ in xs}
+    if None in lengths or len(lengths) != 1:
+        shown = _types_str(xs)
+        raise ShapeError(f"scan needs inputs with one common leading axis, got ({shown})",
+                         locs=(attrs.get("init_loc"),))
+    (length,) = lengths
+    rows = [(s[1:], d) for s, d in xs]
+    (body,) = attrs["bodies"]
+    body_g = _specialize_body(body, carry + rows + captured, "scan body")
+    out = body_types(body_g)
+    got_carry = [(tuple(s), d) for s, d in out[:n_carry]]
+    if got_carry != carry:
+        raise ShapeError(
+            f"scan body returns carry ({_types_str(got_carry)}) but the initial carry is "
+            f"({_types_str(carry)}): the carry must keep its shapes and dtypes",
+            locs=(_loc_of(body), attrs.get("init_loc")))
+    ys = [((length,) + tuple(s), d) for s, d in out[n_carry:]]
+    results = carry + ys
+    return Typing(tuple(s for s, _ in results), tuple(d for _, d in results),
+                  tuple(d for _, d in types), dict(attrs, bodies=(body_g,)))
+
+
+def _scan_reference(*operands, bodies, num_carried, num_xs, **attrs):
+    carry = list(operands[:num_carried])
+    xs = operands[num_carried:num_carried + num_xs]
+    captured = list(operands[num_carried + num_xs:])
+    (body_g,) = bodies
+    ys = []
+    for i in range(len(xs[0])):
+        out = _run_body(body_g, carry + [x[i] for x in xs] + captured)
+        carry, y = out[:num_carried], out[num_carried:]
+        ys.append(y)
+    n_y = len(body_types(body_g)) - num_carried
+    stacked = []
+    for k in range(n_y):
+        shape, dtype = body_types(body_g)[num_carried + k]
+        stacked.append(np.stack([y[k] for y in ys]) if ys else np.empty((0,) + tuple(shape), dtype))
+    return tuple(np.array(c, copy=True) for c in carry) + tuple(stacked)
+
+
 def _item_infer(in_types, attrs):
     ((shapes, dtypes),) = in_types
     k = attrs["index"]
@@ -136,6 +180,8 @@ register(Op("cond", "control", _cond_infer, _cond_reference, arity=None,
             doc="Run one of two bodies on the operands, chosen by a 0-d predicate."))
 register(Op("while", "control", _while_infer, _while_reference, arity=None,
             doc="Repeat the body on the carried values while the condition body returns true."))
+register(Op("scan", "control", _scan_infer, _scan_reference, arity=None,
+            doc="Loop over the leading axis of xs with a carry, stacking the per-step results."))
 register(Op("item", "item", _item_infer, lambda t, index: t[index], arity=1,
             doc="Result `index` of a control node."))
 
@@ -165,6 +211,9 @@ def control_layout(g, n) -> dict:
     if d["op"] == "while":
         layout["state"] = (take(sizes), take(sizes))
         layout["flag"] = take([64])[0]
+    elif d["op"] == "scan":
+        carried = sizes[: d["attrs"]["num_carried"]]
+        layout["state"] = (take(carried), take(carried))
     layout["workspace"] = offset
     offset += max((b.graph.get("workspace_bytes", 0) for b in d["attrs"]["bodies"]), default=0)
     layout["total"] = _aligned(offset)

@@ -51,7 +51,7 @@ def live_ranges(g, nodes) -> dict:
 
 
 def buffer_bytes(g, n) -> int:
-    if g.nodes[n]["op"] in ("cond", "while"):
+    if isinstance(g.nodes[n]["dtype"], tuple):  # a control node: results, state, bodies' space
         from ..ops.control import control_layout
 
         return control_layout(g, n)["total"]
