@@ -54,9 +54,12 @@ from .frontend import (
     transpose,
     where,
 )
-from .control import cond, fori_loop, while_loop
+from .control import cond, fori_loop, scan, while_loop
+from .autodiff import grad, vjp
 from .interpret import evaluate
+from .jit import jit
 from .runtime.compiled import CompiledFunction, compile
+from .serialize import load, save
 
 abs = absolute  # noqa: A001  (numpy's name for it)
 
@@ -66,8 +69,8 @@ __all__ = [
     "ArgumentError", "CompileError", "CompiledFunction", "Constant", "DTypeError",
     "ExecutionError", "Expr", "GraphError", "IndexOutOfRange", "NonFiniteError",
     "SerializationError", "ShapeError", "SymgraphError", "TracerBoolError", "Variable",
-    "abs", "absolute", "cond", "fori_loop", "while_loop", "astype", "broadcast_to", "clip", "compile", "concatenate", "cos",
-    "cosh", "evaluate", "exp", "exp2", "expm1", "floor", "log", "log1p", "log2", "log10",
+    "abs", "absolute", "load", "save", "cond", "fori_loop", "jit", "scan", "while_loop", "astype", "broadcast_to", "clip", "compile", "concatenate", "cos",
+    "cosh", "evaluate", "exp", "exp2", "expm1", "floor", "grad", "log", "log1p", "log2", "log10",
     "logical_not", "matmul", "max", "maximum", "mean", "min", "minimum", "negative", "relu",
-    "reshape", "sigmoid", "sin", "sinh", "sqrt", "sum", "tan", "tanh", "transpose", "where",
+    "reshape", "sigmoid", "sin", "sinh", "sqrt", "sum", "tan", "tanh", "transpose", "vjp", "where",
 ]

@@ -23,7 +23,7 @@ NON_DIFFERENTIABLE = frozenset({
     "lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor", "invert",
 })
 # Ops that exist but have no rule yet: grad names them when they are on a differentiated path.
-NOT_YET_DIFFERENTIABLE = frozenset({"cond", "while", "item"})
+NOT_YET_DIFFERENTIABLE = frozenset({"cond", "while", "scan", "item"})
 
 
 def grad(y, wrt):
@@ -82,7 +82,12 @@ def _backward(y, seed, targets):
     target_ids = {id(t) for t in targets}
     live = set()  # expressions that depend differentiably on a target
     for e in order:
-        if _differentiable(e) and (id(e) in target_ids or any(id(a) in live for a in e.args)):
+        depends = id(e) in target_ids or any(id(a) in live for a in e.args)
+        if depends and e.op in NOT_YET_DIFFERENTIABLE and id(e) not in target_ids:
+            raise SymgraphError(f"grad does not differentiate through {e.op} yet",
+                                locs=(user_loc(), e.loc),
+                                hint="differentiate the branches or body separately")
+        if depends and _differentiable(e):
             live.add(id(e))
     cotangents = {id(y): seed} if id(y) in live else {}
     for e in reversed(order):
@@ -154,12 +159,25 @@ def unbroadcast(g, x):
     return sum_to(g, shape_of(x, "a broadcasting op"))
 
 
-def reduction_parts(opname, x, axes, keepdims):
+def reduction_parts(opname, x, axes):
     """(sorted axes, keepdims shape) of a reduction of x."""
     shape = shape_of(x, opname)
     axes = normalize_axes(opname, axes, len(shape))
     kept = tuple(1 if i in axes else d for i, d in enumerate(shape))
     return axes, kept
+
+
+def reshaped(e, shape):
+    """`e` in `shape` (no node when it already has it)."""
+    shape = tuple(shape)
+    return e if e.shape == shape else fe.reshape(e, shape)
+
+
+def expand_reduced(opname, g, x, axes):
+    """The cotangent of a reduction of x, repeated back over the reduced axes."""
+    _, kept = reduction_parts(opname, x, axes)
+    g = reshaped(g, kept)
+    return g if kept == x.shape else fe.broadcast_to(g, x.shape)
 
 
 def zeros(shape, dtype):

@@ -47,7 +47,7 @@ class SymgraphError(Exception):
 
     def __init__(self, message: str, *, locs=(), hint: str | None = None, details: str = ""):
         self.message = message
-        self.locs = tuple(loc for loc in locs if loc is not None)
+        self.locs = tuple(dict.fromkeys(loc for loc in locs if loc is not None))
         self.hint = hint
         self.details = details
         super().__init__(self._format())

@@ -21,6 +21,7 @@ from ..infer import compute_dtype, node_typing
 from ..ops import get_op
 from ..ops.control import ERR_MAX_ITERS, control_layout
 from .emit import I8, I32, I64, PTR, Emitter, memory_type, register_type
+from .gemm import emit_matmul, uses_gemm
 from .loops import emit_loop, emit_nest
 
 ERR_NO_MEMORY = 2
@@ -687,6 +688,10 @@ class _KernelBody:
         out2 = batch + (m, n)
         ptr = self.pointers[root]
         a_dtype, b_dtype = g.nodes[a]["dtype"], g.nodes[bb]["dtype"]
+        if uses_gemm(dtype, m, n, k) and a not in self.members and bb not in self.members:
+            emit_matmul(em, self.pointers[a], self.pointers[bb], ptr, batch, a2, b2,
+                        a_dtype, b_dtype, dtype)
+            return
 
         def load(node, node_dtype, shape2, index):
             self.memo.clear()

@@ -5,6 +5,8 @@ converted to it) and the operand values, and composes the emitter vocabulary.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import dtypes as dt
@@ -14,7 +16,8 @@ from .registry import Op, Typing, broadcast_shapes, float_rule, register, ufunc_
 ERR_NEGATIVE_INT_POWER = 1  # status code native code returns for int ** negative int
 
 
-def _ufunc_op(name, ufunc, lower, *, commutative=False, rule=None, reference=None, doc=""):
+def _ufunc_op(name, ufunc, lower, *, commutative=False, rule=None, reference=None, doc="",
+              grad=None):
     return register(
         Op(
             name=name,
@@ -22,11 +25,24 @@ def _ufunc_op(name, ufunc, lower, *, commutative=False, rule=None, reference=Non
             infer=rule or ufunc_rule(ufunc, name),
             reference=reference or ufunc,
             lower=lower,
+            grad=grad,
             arity=ufunc.nin,
             commutative=commutative,
             doc=doc,
         )
     )
+
+
+def _fe():
+    from .. import frontend  # late: gradient rules build expressions, and the frontend imports ops
+
+    return frontend
+
+
+def _ad():
+    from .. import autodiff
+
+    return autodiff
 
 
 # --- arithmetic ------------------------------------------------------------------------
@@ -133,17 +149,59 @@ def _pow_reference(a, b):
     return np.power(a, b)
 
 
-_ufunc_op("add", np.add, _lower_add, commutative=True)
-_ufunc_op("sub", np.subtract, lambda em, d, a, b: em.sub(d, a, b))
-_ufunc_op("mul", np.multiply, _lower_mul, commutative=True)
-_ufunc_op("div", np.true_divide, lambda em, d, a, b: em.div(d, a, b))
-_ufunc_op("floordiv", np.floor_divide, _lower_floordiv)
-_ufunc_op("mod", np.remainder, _lower_mod)
-_ufunc_op("pow", np.power, _lower_pow, reference=_pow_reference)
-_ufunc_op("maximum", np.maximum, _lower_maximum, commutative=True)
-_ufunc_op("minimum", np.minimum, _lower_minimum, commutative=True)
-_ufunc_op("neg", np.negative, lambda em, d, a: em.neg(d, a))
-_ufunc_op("abs", np.absolute, lambda em, d, a: a if dt.is_bool(d) else em.abs(d, a))
+def _binary_grad(da, db):
+    """A broadcasting binary rule from the cotangents before summing back to each shape."""
+
+    def rule(g, out, a, b):
+        ub = _ad().unbroadcast
+        return ub(da(g, out, a, b), a), ub(db(g, out, a, b), b)
+
+    return rule
+
+
+def _pow_grad_base(g, out, a, b):
+    # b * a**(b-1) is 0 * inf at a = b = 0; the derivative there is 0.
+    return g * _fe().where(b == 0, 0, b * a ** (b - 1))
+
+
+def _pow_grad_exponent(g, out, a, b):
+    # d(a**b)/db = a**b log a, which tends to 0 at a = 0 (log(1) stands in for log(0)).
+    return g * out * _fe().log(_fe().where(a == 0, 1, a))
+
+
+def _picks_first(a, b, greater):
+    """Where maximum/minimum return a: strictly better or NaN (ties return b, as numpy)."""
+    return ((a > b) if greater else (a < b)) | (a != a)
+
+
+def _extreme_grad(greater):
+    def rule(g, out, a, b):
+        where, ub = _fe().where, _ad().unbroadcast
+        first = _picks_first(a, b, greater)
+        return ub(where(first, g, 0), a), ub(where(first, 0, g), b)
+
+    return rule
+
+
+_ufunc_op("add", np.add, _lower_add, commutative=True,
+          grad=_binary_grad(lambda g, o, a, b: g, lambda g, o, a, b: g))
+_ufunc_op("sub", np.subtract, lambda em, d, a, b: em.sub(d, a, b),
+          grad=_binary_grad(lambda g, o, a, b: g, lambda g, o, a, b: -g))
+_ufunc_op("mul", np.multiply, _lower_mul, commutative=True,
+          grad=_binary_grad(lambda g, o, a, b: g * b, lambda g, o, a, b: g * a))
+_ufunc_op("div", np.true_divide, lambda em, d, a, b: em.div(d, a, b),
+          grad=_binary_grad(lambda g, o, a, b: g / b, lambda g, o, a, b: -g * o / b))
+_ufunc_op("floordiv", np.floor_divide, _lower_floordiv,
+          grad=lambda g, out, a, b: (None, None))  # piecewise constant
+_ufunc_op("mod", np.remainder, _lower_mod,
+          grad=_binary_grad(lambda g, o, a, b: g, lambda g, o, a, b: -g * (a // b)))
+_ufunc_op("pow", np.power, _lower_pow, reference=_pow_reference,
+          grad=_binary_grad(_pow_grad_base, _pow_grad_exponent))
+_ufunc_op("maximum", np.maximum, _lower_maximum, commutative=True, grad=_extreme_grad(True))
+_ufunc_op("minimum", np.minimum, _lower_minimum, commutative=True, grad=_extreme_grad(False))
+_ufunc_op("neg", np.negative, lambda em, d, a: em.neg(d, a), grad=lambda g, out, a: (-g,))
+_ufunc_op("abs", np.absolute, lambda em, d, a: a if dt.is_bool(d) else em.abs(d, a),
+          grad=lambda g, out, a: (_fe().where(a > 0, g, _fe().where(a < 0, -g, 0)),))
 
 # --- comparisons and logic ---------------------------------------------------------------
 
@@ -169,25 +227,30 @@ _ufunc_op("invert", np.invert, lambda em, d, a: em.not_(a))
 
 # --- math functions ------------------------------------------------------------------------
 
-for _name, _ufunc in [
-    ("exp", np.exp),
-    ("exp2", np.exp2),
-    ("expm1", np.expm1),
-    ("log", np.log),
-    ("log2", np.log2),
-    ("log10", np.log10),
-    ("log1p", np.log1p),
-    ("sin", np.sin),
-    ("cos", np.cos),
-    ("tan", np.tan),
-    ("sinh", np.sinh),
-    ("cosh", np.cosh),
-    ("tanh", np.tanh),
-]:
-    _ufunc_op(_name, _ufunc, (lambda n: lambda em, d, a: em.math(n, d, a))(_name))
+_LN2, _LN10 = math.log(2.0), math.log(10.0)
 
-_ufunc_op("sqrt", np.sqrt, lambda em, d, a: em.sqrt(d, a))
-_ufunc_op("floor", np.floor, lambda em, d, a: em.floor(d, a) if dt.is_float(d) else a)
+# Each derivative is (cotangent, output, input) -> cotangent of the input.
+for _name, _ufunc, _derivative in [
+    ("exp", np.exp, lambda g, y, x: g * y),
+    ("exp2", np.exp2, lambda g, y, x: g * y * _LN2),
+    ("expm1", np.expm1, lambda g, y, x: g * (y + 1)),
+    ("log", np.log, lambda g, y, x: g / x),
+    ("log2", np.log2, lambda g, y, x: g / (x * _LN2)),
+    ("log10", np.log10, lambda g, y, x: g / (x * _LN10)),
+    ("log1p", np.log1p, lambda g, y, x: g / (x + 1)),
+    ("sin", np.sin, lambda g, y, x: g * _fe().cos(x)),
+    ("cos", np.cos, lambda g, y, x: -g * _fe().sin(x)),
+    ("tan", np.tan, lambda g, y, x: g * (y * y + 1)),
+    ("sinh", np.sinh, lambda g, y, x: g * _fe().cosh(x)),
+    ("cosh", np.cosh, lambda g, y, x: g * _fe().sinh(x)),
+    ("tanh", np.tanh, lambda g, y, x: g * (1 - y * y)),
+]:
+    _ufunc_op(_name, _ufunc, (lambda n: lambda em, d, a: em.math(n, d, a))(_name),
+              grad=(lambda f: lambda g, out, x: (f(g, out, x),))(_derivative))
+
+_ufunc_op("sqrt", np.sqrt, lambda em, d, a: em.sqrt(d, a), grad=lambda g, out, x: (g / (out * 2),))
+_ufunc_op("floor", np.floor, lambda em, d, a: em.floor(d, a) if dt.is_float(d) else a,
+          grad=lambda g, out, x: (None,))  # piecewise constant
 
 
 def _sigmoid_reference(x):
@@ -204,6 +267,7 @@ register(
         infer=float_rule("sigmoid"),
         reference=_sigmoid_reference,
         lower=lambda em, d, a: em.math("sigmoid", d, a),
+        grad=lambda g, out, x: (g * out * (1 - out),),
         arity=1,
         doc="1 / (1 + exp(-x)), computed without overflow.",
     )
@@ -230,6 +294,8 @@ register(
         infer=_where_infer,
         reference=lambda c, x, y: np.where(np.asarray(c).astype(bool), x, y),
         lower=lambda em, d, c, x, y: em.select(c, x, y),
+        grad=lambda g, out, c, x, y: (None, _ad().unbroadcast(_fe().where(c, g, 0), x),
+                                      _ad().unbroadcast(_fe().where(c, 0, g), y)),
         arity=3,
         doc="Elementwise select: x where cond is true, else y.",
     )
@@ -256,6 +322,7 @@ register(
         infer=_cast_infer,
         reference=_cast_reference,
         lower=lambda em, d, a: a,  # the kernel converts inputs to in_dtypes: that is the cast
+        grad=lambda g, out, x, dtype: (g,),  # autodiff casts it back; ints carry no gradient
         arity=1,
         doc="Convert to another dtype with numpy's astype semantics.",
     )

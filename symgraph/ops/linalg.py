@@ -42,7 +42,37 @@ def _matmul_infer(in_types, attrs):
     return Typing(shape, dtype, (dtype, dtype))
 
 
-register(Op("matmul", "matmul", _matmul_infer, np.matmul, arity=2,
+def _fe():
+    from .. import frontend  # late: gradient rules build expressions, and the frontend imports ops
+
+    return frontend
+
+
+def _ad():
+    from .. import autodiff
+
+    return autodiff
+
+
+def _matmul_grad(g, out, a, b):
+    """1-d operands act as a row (a) or a column (b); broadcast batch axes sum back."""
+    ad, fe = _ad(), _fe()
+    a_shape, b_shape = ad.shape_of(a, "matmul"), ad.shape_of(b, "matmul")
+    a2 = ad.reshaped(a, (1,) + a_shape) if len(a_shape) == 1 else a
+    b2 = ad.reshaped(b, b_shape + (1,)) if len(b_shape) == 1 else b
+    batch = broadcast_shapes("matmul", [a2.shape[:-2], b2.shape[:-2]])
+    g2 = ad.reshaped(g, batch + (a2.shape[-2], b2.shape[-1]))
+
+    def swap(e):
+        n = len(e.shape)
+        return fe.transpose(e, tuple(range(n - 2)) + (n - 1, n - 2))
+
+    ga = ad.reshaped(ad.sum_to(fe.matmul(g2, swap(b2)), a2.shape), a_shape)
+    gb = ad.reshaped(ad.sum_to(fe.matmul(swap(a2), g2), b2.shape), b_shape)
+    return ga, gb
+
+
+register(Op("matmul", "matmul", _matmul_infer, np.matmul, grad=_matmul_grad, arity=2,
             doc="numpy matmul: 1-d operands promoted and squeezed, batch axes broadcast."))
 
 
@@ -67,5 +97,16 @@ def _concat_infer(in_types, attrs):
     return Typing(tuple(shape), dtype, (dtype,) * len(in_types), {"axis": axis})
 
 
+def _concat_grad(g, out, *xs, axis):
+    ad = _ad()
+    shapes = [ad.shape_of(x, "concatenate") for x in xs]
+    axis %= len(shapes[0])
+    parts, start = [], 0
+    for shape in shapes:
+        parts.append(ad.axis_slice(g, axis, start, start + shape[axis]))
+        start += shape[axis]
+    return tuple(parts)
+
+
 register(Op("concat", "concat", _concat_infer, lambda *xs, axis: np.concatenate(xs, axis=axis),
-            arity=None, doc="Join arrays along an existing axis."))
+            grad=_concat_grad, arity=None, doc="Join arrays along an existing axis."))

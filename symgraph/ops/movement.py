@@ -158,12 +158,59 @@ def _broadcast_index(em, out_index, attrs, in_shape):
     ]
 
 
+def _fe():
+    from .. import frontend  # late: gradient rules build expressions, and the frontend imports ops
+
+    return frontend
+
+
+def _ad():
+    from .. import autodiff
+
+    return autodiff
+
+
+def _reshape_grad(g, out, x, shape):
+    return (_fe().reshape(g, _ad().shape_of(x, "reshape")),)
+
+
+def _transpose_grad(g, out, x, perm):
+    if perm is None:
+        return (_fe().transpose(g),)  # reversing the axes is its own inverse
+    return (_fe().transpose(g, tuple(int(i) for i in np.argsort([p % len(perm) for p in perm]))),)
+
+
+def _slice_grad(g, out, x, items):
+    """Scatter the cotangent back into zeros of x's shape, one axis at a time, from
+    concatenations of zero blocks (reversed first for negative steps)."""
+    ad, fe = _ad(), _fe()
+    shape = ad.shape_of(x, "slice")
+    c = canonical_slice(shape, items)
+    counts = c["counts"]
+    if 0 in counts:
+        return (ad.zeros(shape, g.dtype),)
+    g = ad.reshaped(g, counts)  # integer-indexed axes come back with size 1
+    for axis, (start, step, count, size) in enumerate(zip(c["starts"], c["steps"], counts, shape)):
+        if step < 0:
+            g = ad.axis_slice(g, axis, None, None, -1)
+            start, step = start + (count - 1) * step, -step
+        if step > 1:  # step - 1 zeros after each element, then drop the trailing ones
+            s = g.shape
+            spread = fe.reshape(g, s[:axis + 1] + (1,) + s[axis + 1:])
+            gaps = ad.zeros(s[:axis + 1] + (step - 1,) + s[axis + 1:], g.dtype)
+            g = fe.reshape(fe.concatenate([spread, gaps], axis + 1),
+                           s[:axis] + (count * step,) + s[axis + 1:])
+            g = ad.axis_slice(g, axis, 0, (count - 1) * step + 1)
+        g = ad.pad_axis(g, axis, start, size - start - g.shape[axis])
+    return (g,)
+
+
 register(Op("reshape", "movement", _reshape_infer, lambda x, shape: np.reshape(x, shape),
-            index_map=_reshape_index, arity=1, doc="Same elements in row-major order, new shape."))
+            index_map=_reshape_index, grad=_reshape_grad, arity=1, doc="Same elements in row-major order, new shape."))
 register(Op("transpose", "movement", _transpose_infer, lambda x, perm: np.transpose(x, perm),
-            index_map=_transpose_index, arity=1, doc="Permute axes: output axis k is input axis perm[k]."))
+            index_map=_transpose_index, grad=_transpose_grad, arity=1, doc="Permute axes: output axis k is input axis perm[k]."))
 register(Op("slice", "movement", _slice_infer, _slice_reference, index_map=_slice_index,
-            arity=1, doc="Strided view per axis: element k of axis a is start[a] + k * step[a]."))
+            grad=_slice_grad, arity=1, doc="Strided view per axis: element k of axis a is start[a] + k * step[a]."))
 register(Op("broadcast_to", "movement", _broadcast_infer,
             lambda x, shape: np.broadcast_to(x, shape).copy(), index_map=_broadcast_index,
-            arity=1, doc="Repeat size-1 and missing leading axes up to `shape`."))
+            grad=lambda g, out, x, shape: (_ad().unbroadcast(g, x),), arity=1, doc="Repeat size-1 and missing leading axes up to `shape`."))

@@ -5,12 +5,50 @@ lowering) and its identity; codegen owns the loop order, which is fixed and docu
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import dtypes as dt
 from ..errors import ShapeError
 from .elementwise import _lower_add, _lower_maximum, _lower_minimum
 from .registry import Op, Typing, normalize_axes, register
+
+
+def _fe():
+    from .. import frontend  # late: gradient rules build expressions, and the frontend imports ops
+
+    return frontend
+
+
+def _ad():
+    from .. import autodiff
+
+    return autodiff
+
+
+def _sum_grad(g, out, x, axes, keepdims=False):
+    return (_ad().expand_reduced("sum", g, x, axes),)
+
+
+def _mean_grad(g, out, x, axes, keepdims=False):
+    ad = _ad()
+    axes_, _ = ad.reduction_parts("mean", x, axes)
+    count = math.prod(x.shape[a] for a in axes_)
+    return (ad.expand_reduced("mean", g / max(count, 1), x, axes),)
+
+
+def _extreme_grad(name):
+    """Cotangent of max/min: to every position equal to the result, shared evenly by ties."""
+
+    def rule(g, out, x, axes, keepdims=False):
+        ad, fe = _ad(), _fe()
+        axes_, kept = ad.reduction_parts(name, x, axes)
+        hit = x == ad.reshaped(out, kept)
+        hit = fe.astype(hit, x.dtype) if isinstance(x.dtype, np.dtype) else fe.where(hit, 1.0, 0.0)
+        return (hit * (ad.reshaped(g, kept) / fe.sum(hit, axes_, keepdims=True)),)
+
+    return rule
 
 
 def reduced_shape(shape, axes, keepdims):
@@ -71,15 +109,16 @@ register(
         lower=_lower_add,
         identity=_identity_sum,
         finalize=lambda em, d, acc, count: em.div(d, acc, em.const(d, count)),
+        grad=_mean_grad,
         arity=1,
         doc="Arithmetic mean: the sum (integers accumulate in float64) divided by the count.",
     )
 )
 
-for _name, _np, _combine, _identity, _acc, _strict in [
-    ("sum", np.sum, _lower_add, _identity_sum, _sum_dtype, False),
-    ("max", np.max, _lower_maximum, _identity_max, lambda d: d, True),
-    ("min", np.min, _lower_minimum, _identity_min, lambda d: d, True),
+for _name, _np, _combine, _identity, _acc, _strict, _grad in [
+    ("sum", np.sum, _lower_add, _identity_sum, _sum_dtype, False, _sum_grad),
+    ("max", np.max, _lower_maximum, _identity_max, lambda d: d, True, _extreme_grad("max")),
+    ("min", np.min, _lower_minimum, _identity_min, lambda d: d, True, _extreme_grad("min")),
 ]:
     register(
         Op(
@@ -90,6 +129,7 @@ for _name, _np, _combine, _identity, _acc, _strict in [
                 f(x, axis=tuple(axes), keepdims=keepdims)))(_np),
             lower=_combine,
             identity=_identity,
+            grad=_grad,
             arity=1,
             doc=f"{_name} over `axes` (sorted, non-negative), optionally keeping them as size 1.",
         )

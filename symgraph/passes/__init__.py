@@ -11,10 +11,18 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import GraphError, SymgraphError
+from .cse import cse
+from .dce import dce
+from .fold import fold
 from .fuse import fuse, schedule
 from .memory import allocate, memory
+from .simplify import simplify
 
 PASSES = {
+    "fold": fold,
+    "cse": cse,
+    "simplify": simplify,
+    "dce": dce,
     "fuse": fuse,
     "schedule": schedule,
     "memory": memory,

@@ -27,10 +27,7 @@ def _const_value(g, n, typing, i):
     want = typing.in_dtypes[i] if i < len(typing.in_dtypes) else None
     if want is not None and value.dtype != want:
         with np.errstate(all="ignore"):
-            converted = value.astype(want)
-        if not np.array_equal(converted.astype(value.dtype), value):
-            return None  # conversion changed it: not the same number to the op
-        value = converted
+            value = value.astype(want)
     return value
 
 
@@ -51,17 +48,19 @@ def _identity_operand(g, n, typing, const_i, number, **sign):
     return None
 
 
+def _first(*candidates):
+    return next((c for c in candidates if c is not None), None)
+
+
 def rule_mul_one(g, n, typing):
-    d = g.nodes[n]
-    return (_identity_operand(g, n, typing, 1, 1)
-            or _identity_operand(g, n, typing, 0, 1))
+    return _first(_identity_operand(g, n, typing, 1, 1), _identity_operand(g, n, typing, 0, 1))
 
 
 def rule_add_zero(g, n, typing):
     # x + (-0.0) is x for every float x; x + 0.0 is not (for x = -0.0).
     sign = {"negative_zero": True} if typing.dtype.kind == "f" else {}
-    return (_identity_operand(g, n, typing, 1, 0, **sign)
-            or _identity_operand(g, n, typing, 0, 0, **sign))
+    return _first(_identity_operand(g, n, typing, 1, 0, **sign),
+                  _identity_operand(g, n, typing, 0, 0, **sign))
 
 
 def rule_sub_zero(g, n, typing):
@@ -84,8 +83,8 @@ def rule_pow(g, n, typing):
     exponent = _const_value(g, n, typing, 1)
     if _all(exponent, 1):
         return x
-    if _all(exponent, 2) and g.nodes[x]["dtype"] == typing.dtype:
-        d = g.nodes[n]
+    d = g.nodes[n]
+    if _all(exponent, 2) and _same_type(g, x, n):
         return add_node(g, "mul", (x, x), {}, d["shape"], d["dtype"], d["loc"])
     return None
 

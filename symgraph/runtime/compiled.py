@@ -35,6 +35,7 @@ from ..infer import specialize
 from ..ops.control import ERR_MAX_ITERS
 from ..ops.elementwise import ERR_NEGATIVE_INT_POWER
 from ..passes import VERIFY_DEFAULT, pipeline, run_passes
+from . import cache as persistent_cache
 
 CacheInfo = collections.namedtuple("CacheInfo", ["hits", "misses", "compilations"])
 
@@ -149,6 +150,27 @@ def prepare_input(name, value, loc=None) -> np.ndarray:
 
 # --- executables ------------------------------------------------------------------------------
 
+class _Stages(dict):
+    """Stage name -> graph text, rendered when first read (passes never mutate their input,
+    so keeping the graphs is safe; rendering every stage would dominate cached compiles)."""
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        if not isinstance(value, str):
+            value = to_text(value)
+            self[key] = value
+        return value
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def values(self):
+        return [self[k] for k in self]
+
+    def items(self):
+        return [(k, self[k]) for k in self]
+
+
 class Executable:
     """Native code for one input signature, with the typed graph and its stages."""
 
@@ -227,7 +249,7 @@ class CompiledFunction:
     """
 
     def __init__(self, structure, variables, *, opt_level=2, disable=(), name="symgraph_main",
-                 verify=None):
+                 verify=None, num_threads=None):
         self.structure = structure
         self.variables = variables
         self.inputs = [v.attrs["name"] for v in variables]
@@ -235,6 +257,7 @@ class CompiledFunction:
         self._locs = [v.loc for v in variables]
         self.opt_level = opt_level
         self.disable = tuple(disable)
+        self.num_threads = num_threads or os.cpu_count() or 1
         self.name = name
         self.verify = VERIFY_DEFAULT if verify is None else verify
         self.passes = pipeline(opt_level, self.disable)
@@ -299,6 +322,25 @@ class CompiledFunction:
 
     def __repr__(self):
         return f"<CompiledFunction {self.name}({', '.join(self.inputs)})>"
+
+    # --- deployment ---------------------------------------------------------------------
+    def save(self, path):
+        """Write this function to one file; ``symgraph.load(path)`` gives it back."""
+        from ..serialize import save
+
+        save(self, path)
+
+    def export(self, directory, name=None, cpu=None):
+        """Write ``libNAME.so`` and ``NAME.h`` callable from C (see docs/deployment.md)."""
+        from .export import export
+
+        return export(self, directory, name=name, cpu=cpu)
+
+    def __reduce__(self):
+        # Pickles hold the saved-file bytes; unpickling recompiles (through the disk cache).
+        from ..serialize import dumps, loads
+
+        return loads, (dumps(self),)
 
     # --- calling --------------------------------------------------------------------------
     def _bind(self, args, kwargs):
@@ -450,20 +492,27 @@ def fast({params}{', ' if params else ''}*, out=None):
     def _build(self, types):
         signature = dict(zip(self.inputs, types))
         g = specialize(self._template, signature)
-        stages = {"input": to_text(g)}
+        stages = _Stages(input=g)
 
         def on_stage(name, graph):
-            stages[name] = to_text(graph)
+            stages[name] = graph
 
         g, log = run_passes(g, self.passes, verify=self.verify, on_stage=on_stage)
-        stages["final"] = to_text(g)
-        try:
-            module = lower_graph(g, self.name, _math_impl())
-            n_args = len(self.inputs) + len(g.graph["outputs"])
+        stages["final"] = g
+        n_args = len(self.inputs) + len(g.graph["outputs"])
+        wrapper = f"{self.name}.py"
+
+        def llvm_ir():
+            module = lower_graph(g, self.name, _math_impl(), num_threads=self.num_threads)
+            _add_python_entry(module, self.name, n_args)
+            return str(module)
+
+        options = (self.opt_level, self.disable, tuple(self.passes))
+        library = persistent_cache.load_library(g, llvm_ir, self.name, options)
+        if library is None:
+            module = lower_graph(g, self.name, _math_impl(), num_threads=self.num_threads)
             wrapper = _add_python_entry(module, self.name, n_args)
             library = CodeLibrary(module, self.name)
-        except SymgraphError:
-            raise
         if DUMP_DIR:
             from ..inspect import dump_compilation
 
@@ -474,13 +523,15 @@ def fast({params}{', ' if params else ''}*, out=None):
         return Executable(g, log, library, cfunc, out_types, stages)
 
 
-def compile(*outputs, inputs=None, opt_level=2, disable=(), name="symgraph_main", verify=None):
+def compile(*outputs, inputs=None, opt_level=2, disable=(), name="symgraph_main", verify=None,
+            num_threads=None):
     """Compile expression(s) to native code.
 
     ``compile(y)`` returns a function giving one array; ``compile(x, y)`` a tuple,
     ``compile([x, y])`` a list and ``compile({'x': x})`` a dict. ``inputs`` fixes the
     positional order (default: Variables in creation order); ``opt_level=0`` runs no
-    optimization, ``disable=['cse']`` switches single passes off.
+    optimization, ``disable=['cse']`` switches single passes off. Large loops split across
+    ``num_threads`` native threads (default: every core), in a fixed, deterministic way.
     """
     structure = OutputStructure.of(outputs)
     found = find_variables(structure.exprs)
@@ -506,5 +557,7 @@ def compile(*outputs, inputs=None, opt_level=2, disable=(), name="symgraph_main"
                                     locs=(v.loc, by_name[v.attrs['name']].loc))
     if not isinstance(opt_level, int) or opt_level < 0:
         raise ArgumentError(f"opt_level must be a non-negative integer, got {opt_level!r}")
+    if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+        raise ArgumentError(f"num_threads must be a positive integer, got {num_threads!r}")
     return CompiledFunction(structure, variables, opt_level=opt_level, disable=disable, name=name,
-                            verify=verify)
+                            verify=verify, num_threads=num_threads)

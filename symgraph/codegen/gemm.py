@@ -1,0 +1,341 @@
+"""A generated, self-contained GEMM: C = A @ B for float32/float64, with no BLAS call.
+
+The classic blocked structure: B is packed in KC x NC panels, A in MC x KC blocks, each cut
+into slivers NR columns (or MR rows) wide and zero-padded at the edges, and a register-tiled
+microkernel keeps an MR x NR tile of C in SIMD registers while it walks k. The SIMD width
+comes from the host's features (AVX-512, AVX2 or 128-bit).
+
+Summation order (fixed, documented, independent of blocking): every C element starts at 0
+and adds its k products one at a time in ascending k (`acc = acc + a*b`), exactly as the
+plain loop nest does, so both paths give bit-identical results. K blocks run in order and
+carry the partial sum through C. Products and sums are separate fmul/fadd, as the project's
+floating-point policy asks; `GEMM_USE_FMA = True` fuses them (faster, rounds differently).
+
+Operands are read through `load_a(em, base, i, k)` / `load_b(em, base, k, j)` callbacks that
+return a value already in the compute dtype: a dense matrix, or a convolution's implicit
+im2col matrix, are just two ways to fill the packed panels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import llvmlite.binding as llvm
+import numpy as np
+from llvmlite import ir
+
+from .emit import I1, I32, I64, PTR, Emitter, memory_type, register_type
+from .loops import emit_loop
+
+GEMM_USE_FMA = False
+GEMM_MIN_WORK = 16 * 16 * 16  # m*n*k below which the plain loop nest is as fast
+ERR_NO_MEMORY = 2
+
+
+def simd_bytes() -> int:
+    """Widest vector the host runs natively: 64 (AVX-512), 32 (AVX2/AVX) or 16."""
+    try:
+        features = llvm.get_host_cpu_features()
+    except RuntimeError:
+        return 16
+    if features.get("avx512f"):
+        return 64
+    if features.get("avx2") or features.get("avx"):
+        return 32
+    return 16
+
+
+@dataclass(frozen=True)
+class Blocking:
+    w: int  # lanes per vector
+    mr: int  # microkernel rows (one broadcast each)
+    nv: int  # microkernel vectors per row: NR = nv * w
+    kc: int
+    mc: int
+    nc: int
+
+    @property
+    def nr(self):
+        return self.nv * self.w
+
+
+def blocking(dtype, vector_bytes=None) -> Blocking:
+    """Tile sizes: MR x NR accumulators fill most of the register file (32 zmm or 16 ymm/xmm);
+    a KC x NR sliver of B stays in L1, an MC x KC block of A in L2."""
+    vb = vector_bytes or simd_bytes()
+    w = vb // np.dtype(dtype).itemsize
+    mr = {64: 14, 32: 6, 16: 4}[vb]
+    kc = 256 if np.dtype(dtype).itemsize == 4 else 192
+    return Blocking(w=w, mr=mr, nv=2, kc=kc, mc=mr * (10 if vb == 64 else 16), nc=4096)
+
+
+def _const(v):
+    return ir.Constant(I64, v)
+
+
+def _ceil_div(b, x, d):
+    return b.udiv(b.add(x, _const(d - 1)), _const(d))
+
+
+def _min(b, x, y):
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def _aligned(b, raw, align=64):
+    addr = b.add(b.ptrtoint(raw, I64), _const(align - 1))
+    return b.inttoptr(b.and_(addr, _const(-align)), PTR)
+
+
+def gemm_function(module, name, dtype, load_a, load_b, vector_bytes=None):
+    """The internal function ``void NAME(ptr A, ptr B, ptr C, i64 M, i64 N, i64 K, ptr status)``
+    computing C[M, N] (row-major, contiguous) = A @ B through the loaders; K must be > 0.
+    Reused when the module already has it."""
+    existing = module.globals.get(name)
+    if existing is not None:
+        return existing
+    dtype = np.dtype(dtype)
+    blk = blocking(dtype, vector_bytes)
+    ty = register_type(dtype)
+    sz = dtype.itemsize
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, I64, I64, I64, PTR]),
+                     name)
+    fn.linkage = "internal"
+    a_ptr, b_ptr, c_ptr, m, n, k, status = fn.args
+    for arg in (a_ptr, b_ptr, c_ptr):
+        arg.add_attribute("noalias")
+    ukernel = _microkernel(module, f"{name}.ukernel", dtype, blk)
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    em = Emitter(b)
+    mr, nr, kc_max, mc_max, nc_max = blk.mr, blk.nr, blk.kc, blk.mc, blk.nc
+
+    malloc = module.globals.get("malloc") or ir.Function(
+        module, ir.FunctionType(PTR, [I64]), "malloc")
+    free = module.globals.get("free") or ir.Function(
+        module, ir.FunctionType(ir.VoidType(), [PTR]), "free")
+    nc_alloc = _min(b, b.mul(_ceil_div(b, n, nr), _const(nr)), _const(nc_max))
+    b_bytes = b.mul(nc_alloc, _const(kc_max * sz))
+    raw = b.call(malloc, [b.add(b_bytes, _const(mc_max * kc_max * sz + 128))])
+    fail = b.icmp_unsigned("==", raw, ir.Constant(PTR, None))
+    with b.if_then(fail, likely=False):
+        b.store(ir.Constant(I32, ERR_NO_MEMORY), status)
+    body_bb = b.append_basic_block("gemm.body")
+    exit_bb = b.append_basic_block("gemm.exit")
+    b.cbranch(fail, exit_bb, body_bb)
+    b.position_at_end(body_bb)
+    pack_b = _aligned(b, raw)
+    pack_a = _aligned(b, b.gep(pack_b, [b_bytes], source_etype=ir.IntType(8)))
+    tile = b.alloca(ty, size=_const(mr * nr), name="edge_tile")
+    zero = ir.Constant(ty, 0.0)
+
+    def at(base, offset):
+        return b.gep(base, [offset], source_etype=ty, inbounds=True)
+
+    def pack(dst, rows, width, limit, start, other, load):
+        """dst[o*width + r] = load(start + r, other0 + o) for o < rows, zero past `limit`."""
+        full = b.icmp_signed("<=", b.add(start, _const(width)), limit)
+        last = b.sub(limit, _const(1))
+        with b.if_else(full) as (then, otherwise):
+            with then:
+                emit_loop(b, rows, lambda o: emit_loop(b, width, lambda r: b.store(
+                    load(b.add(start, r), b.add(other, o)),
+                    at(dst, b.add(b.mul(o, _const(width)), r))), "pr"), "po")
+            with otherwise:
+                def edge(o, r):
+                    idx = b.add(start, r)
+                    ok = b.icmp_signed("<", idx, limit)
+                    v = load(_min(b, idx, last), b.add(other, o))
+                    b.store(b.select(ok, v, zero), at(dst, b.add(b.mul(o, _const(width)), r)))
+
+                emit_loop(b, rows, lambda o: emit_loop(b, width, lambda r: edge(o, r), "er"), "eo")
+
+    def jc_loop(jt):
+        jc = b.mul(jt, _const(nc_max))
+        nc = _min(b, b.sub(n, jc), _const(nc_max))
+
+        def pc_loop(pt):
+            pc = b.mul(pt, _const(kc_max))
+            kc = _min(b, b.sub(k, pc), _const(kc_max))
+            first = b.icmp_signed("==", pt, _const(0))
+
+            def pack_b_sliver(js):
+                j0 = b.add(jc, b.mul(js, _const(nr)))
+                dst = at(pack_b, b.mul(js, b.mul(kc, _const(nr))))
+                pack(dst, kc, nr, n, j0, pc,
+                     lambda j, kk: load_b(em, b_ptr, kk, j))
+
+            emit_loop(b, _ceil_div(b, nc, nr), pack_b_sliver, "js")
+
+            def ic_loop(it):
+                ic = b.mul(it, _const(mc_max))
+                mc = _min(b, b.sub(m, ic), _const(mc_max))
+
+                def pack_a_sliver(i_s):
+                    i0 = b.add(ic, b.mul(i_s, _const(mr)))
+                    dst = at(pack_a, b.mul(i_s, b.mul(kc, _const(mr))))
+                    pack(dst, kc, mr, m, i0, pc, lambda i, kk: load_a(em, a_ptr, i, kk))
+
+                emit_loop(b, _ceil_div(b, mc, mr), pack_a_sliver, "is")
+
+                def jr_loop(js):
+                    j0 = b.add(jc, b.mul(js, _const(nr)))
+                    bp = at(pack_b, b.mul(js, b.mul(kc, _const(nr))))
+
+                    def ir_loop(i_s):
+                        i0 = b.add(ic, b.mul(i_s, _const(mr)))
+                        ap = at(pack_a, b.mul(i_s, b.mul(kc, _const(mr))))
+                        rows = _min(b, b.sub(m, i0), _const(mr))
+                        cols = _min(b, b.sub(n, j0), _const(nr))
+                        full = b.and_(b.icmp_signed("==", rows, _const(mr)),
+                                      b.icmp_signed("==", cols, _const(nr)))
+                        cp = at(c_ptr, b.add(b.mul(i0, n), j0))
+                        with b.if_else(full, likely=True) as (then, otherwise):
+                            with then:
+                                b.call(ukernel, [kc, ap, bp, cp, n, first])
+                            with otherwise:
+                                def copy(to_tile):
+                                    def cell(r, c):
+                                        t = at(tile, b.add(b.mul(r, _const(nr)), c))
+                                        g = at(cp, b.add(b.mul(r, n), c))
+                                        src, dst = (g, t) if to_tile else (t, g)
+                                        b.store(b.load(src, typ=ty), dst)
+
+                                    emit_loop(b, rows, lambda r: emit_loop(
+                                        b, cols, lambda c: cell(r, c), "tc"), "tr")
+
+                                with b.if_then(b.not_(first)):
+                                    copy(True)
+                                b.call(ukernel, [kc, ap, bp, tile, _const(nr), first])
+                                copy(False)
+
+                    emit_loop(b, _ceil_div(b, mc, mr), ir_loop, "ir")
+
+                emit_loop(b, _ceil_div(b, nc, nr), jr_loop, "jr")
+
+            emit_loop(b, _ceil_div(b, m, mc_max), ic_loop, "ic")
+
+        emit_loop(b, _ceil_div(b, k, kc_max), pc_loop, "pc")
+
+    emit_loop(b, _ceil_div(b, n, nc_max), jc_loop, "jc")
+    b.call(free, [raw])
+    b.branch(exit_bb)
+    b.position_at_end(exit_bb)
+    b.ret_void()
+    return fn
+
+
+def _microkernel(module, name, dtype, blk):
+    """``void NAME(i64 kc, ptr Ap, ptr Bp, ptr C, i64 ldc, i1 first)``: the MR x NR tile of C
+    (row stride ldc) gets sum_k Ap[k*MR + r] * Bp[k*NR + c], in ascending k; it starts from 0
+    when `first`, else from C's current values."""
+    existing = module.globals.get(name)
+    if existing is not None:
+        return existing
+    ty = register_type(dtype)
+    vty = ir.VectorType(ty, blk.w)
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, PTR, I64, I1]), name)
+    fn.linkage = "internal"
+    kc, ap, bp, cp, ldc, first = fn.args
+    for arg in (ap, bp, cp):
+        arg.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    sz = np.dtype(dtype).itemsize
+    mr, nv, w, nr = blk.mr, blk.nv, blk.w, blk.nr
+    fma = module.declare_intrinsic("llvm.fma", [vty]) if GEMM_USE_FMA else None
+
+    def vptr(base, offset):
+        return b.gep(base, [offset], source_etype=ty, inbounds=True)
+
+    def c_at(r, v):
+        return vptr(cp, b.add(b.mul(_const(r), ldc), _const(v * w)))
+
+    zero = ir.Constant(vty, [0.0] * w)
+    acc0 = [[b.select(first, zero, b.load(c_at(r, v), typ=vty, align=sz)) for v in range(nv)]
+            for r in range(mr)]
+    pre = b.block
+    loop = b.append_basic_block("k.loop")
+    done = b.append_basic_block("k.done")
+    b.branch(loop)
+    b.position_at_end(loop)
+    kk = b.phi(I64, name="k")
+    kk.add_incoming(_const(0), pre)
+    phis = [[b.phi(vty, name=f"acc{r}_{v}") for v in range(nv)] for r in range(mr)]
+    for r in range(mr):
+        for v in range(nv):
+            phis[r][v].add_incoming(acc0[r][v], pre)
+    bvals = [b.load(vptr(bp, b.add(b.mul(kk, _const(nr)), _const(v * w))), typ=vty, align=sz)
+             for v in range(nv)]
+    undef = ir.Constant(vty, ir.Undefined)
+    splat_mask = ir.Constant(ir.VectorType(I32, w), [0] * w)
+    new = []
+    for r in range(mr):
+        a = b.load(vptr(ap, b.add(b.mul(kk, _const(mr)), _const(r))), typ=ty)
+        av = b.shuffle_vector(b.insert_element(undef, a, ir.Constant(I32, 0)), undef, splat_mask)
+        row = []
+        for v in range(nv):
+            if fma is not None:
+                row.append(b.call(fma, [av, bvals[v], phis[r][v]]))
+            else:
+                row.append(b.fadd(phis[r][v], b.fmul(av, bvals[v])))
+        new.append(row)
+    nxt = b.add(kk, _const(1), flags=["nsw"])
+    kk.add_incoming(nxt, b.block)
+    for r in range(mr):
+        for v in range(nv):
+            phis[r][v].add_incoming(new[r][v], b.block)
+    b.cbranch(b.icmp_signed("<", nxt, kc), loop, done)
+    b.position_at_end(done)
+    for r in range(mr):
+        for v in range(nv):
+            b.store(new[r][v], c_at(r, v), align=sz)
+    b.ret_void()
+    return fn
+
+
+def dense_loader(src_dtype, dtype, row_stride, col_stride=1):
+    """Loader for a strided 2-d operand (element offset row*row_stride + col*col_stride),
+    converting `src_dtype` to the compute `dtype`."""
+    src_dtype, dtype = np.dtype(src_dtype), np.dtype(dtype)
+
+    def load(em, base, row, col):
+        b = em.b
+        off = b.add(b.mul(row, _const(row_stride)), b.mul(col, _const(col_stride)))
+        return em.cast(src_dtype, dtype, em.load(src_dtype, base, off))
+
+    return load
+
+
+def uses_gemm(dtype, m, n, k) -> bool:
+    """Whether a float matmul of this size goes through the generated GEMM."""
+    return np.dtype(dtype).kind == "f" and min(m, n, k) > 0 and m * n * k >= GEMM_MIN_WORK
+
+
+__all__ = ["GEMM_USE_FMA", "GEMM_MIN_WORK", "blocking", "dense_loader", "gemm_function",
+           "simd_bytes", "uses_gemm", "memory_type"]
+
+
+def emit_matmul(em, a_ptr, b_ptr, c_ptr, batch, a2, b2, a_dtype, b_dtype, dtype):
+    """Batched matmul of contiguous operands (1-d ones already promoted to 2-d shapes a2/b2)
+    into contiguous C of shape batch + (m, n), one GEMM call per batch element. When only A
+    has batch axes, they fold into M: one GEMM of (batch*m) x n."""
+    from .kernel import broadcast_index  # late: kernel.py imports this module
+    from .loops import emit_nest
+
+    b = em.b
+    m, k, n = a2[-2], a2[-1], b2[-1]
+    a_batch, b_batch = tuple(a2[:-2]), tuple(b2[:-2])
+    if a_batch == tuple(batch) and all(s == 1 for s in b_batch):
+        m, batch, a_batch, b_batch = m * int(np.prod(batch, dtype=np.int64)), (), (), ()
+    name = f"gemm.{np.dtype(dtype).name}.{np.dtype(a_dtype).name}.{np.dtype(b_dtype).name}.k{k}.n{n}"
+    fn = gemm_function(b.module, name, dtype, dense_loader(a_dtype, dtype, k),
+                       dense_loader(b_dtype, dtype, n))
+
+    def one(bidx):
+        def offset(ptr, shape, mat, elem_dtype):
+            flat = em.linearize(broadcast_index(bidx, batch, shape, em), shape)
+            return b.gep(ptr, [b.mul(flat, _const(mat))], source_etype=memory_type(elem_dtype),
+                         inbounds=True)
+
+        b.call(fn, [offset(a_ptr, a_batch, m * k, a_dtype), offset(b_ptr, b_batch, k * n, b_dtype),
+                    offset(c_ptr, tuple(batch), m * n, dtype), _const(m), _const(n), _const(k),
+                    em.status_ptr])
+
+    emit_nest(b, tuple(batch), one, "gb")
