@@ -13,8 +13,9 @@ from .infer import node_typing
 from .ops import get_op
 
 
-def run_graph(g, inputs: dict) -> list:
-    """Values of the typed graph's outputs for {input name: array}."""
+def run_graph(g, inputs: dict, keep: bool = False):
+    """Values of the typed graph's outputs for {input name: array} (every node's, by key,
+    with keep=True)."""
     values = {}
     for n in topo_order(g):
         d = g.nodes[n]
@@ -26,6 +27,8 @@ def run_graph(g, inputs: dict) -> list:
             values[n] = np.asarray(d["attrs"]["value"])
             continue
         values[n] = evaluate_node(g, n, values)
+    if keep:
+        return values
     return [np.array(values[o], copy=True) for o in g.graph["outputs"]]
 
 

@@ -25,6 +25,8 @@ from .gemm import emit_matmul, uses_gemm
 from .loops import emit_loop, emit_nest
 
 ERR_NO_MEMORY = 2
+ERR_NONFINITE_BASE = 16  # status 16 + k: check site k went non-finite (check_finite)
+NO_CHECK_FAILED = (1 << 62)
 PARALLEL_MIN_ELEMENTS = 1 << 17  # below this, starting threads costs more than it saves
 PARTIAL_SUM_BYTES = 256  # reduction lanes: four 512-bit registers of independent partial sums
 
@@ -50,9 +52,12 @@ class GraphLowering:
     """Builds the LLVM module for one typed, scheduled and planned graph."""
 
     def __init__(self, g, name: str, math_impl=None, triple: str = "", module=None,
-                 num_threads: int = 1):
+                 num_threads: int = 1, check_finite: bool = False, check_sites=None):
         self.g = g
-        self.num_threads = max(1, int(num_threads))
+        self.check_finite = check_finite
+        # With check_finite, each checked node gets a number; native code reports the first.
+        self.check_sites = [] if check_sites is None else check_sites
+        self.num_threads = 1 if check_finite else max(1, int(num_threads))
         self.name = name
         self.math_impl = math_impl
         self.module = module if module is not None else ir.Module(name=name)
@@ -152,11 +157,21 @@ class GraphLowering:
         b.ret(b.load(status, typ=I32))
         return self.module
 
+    def check_site(self, node) -> int:
+        """The number native code reports when `node` is the first to go non-finite."""
+        key = (self.g, node)
+        for i, site in enumerate(self.check_sites):
+            if site[0] is self.g and site[1] == node:
+                return i
+        self.check_sites.append(key)
+        return len(self.check_sites) - 1
+
     # --- control flow ------------------------------------------------------------------------
     def _lower_body(self, root, i):
         body = self.g.nodes[root]["attrs"]["bodies"][i]
         lowering = GraphLowering(body, f"{self.name}.n{root}.b{i}", self.math_impl,
-                                 module=self.module, num_threads=self.num_threads)
+                                 module=self.module, num_threads=self.num_threads,
+                                 check_finite=self.check_finite, check_sites=self.check_sites)
         lowering.lower()
         fn = self.module.get_global(lowering.name)
         fn.linkage = "internal"
@@ -343,9 +358,13 @@ class GraphLowering:
             kernel.outer = (fn.args[len(params) + 1], fn.args[len(params) + 2])
             if plan[1] == "partials":
                 kernel.partial_out = fn.args[len(params) + 3]
+        if self.check_finite:
+            kernel.start_checks()
         kind = get_op(g.nodes[root]["op"]).kind
         {"reduce": kernel.reduce, "matmul": kernel.matmul, "concat": kernel.concat}.get(
             kind, kernel.elementwise)(root)
+        if self.check_finite:
+            kernel.report_checks()
         b.ret_void()
         if plan:
             fn = self._parallel_dispatcher(name, fn, len(params), root, plan)
@@ -461,6 +480,9 @@ class _KernelBody:
         self.pointers = pointers
         self.em = Emitter(b, status_ptr, lowering.math_impl) if b is not None else None
         self.memo = {}
+        self.lowering = lowering
+        self.check_slot = None  # with check_finite: the lowest failing check site so far
+        self.nonfinite_input = None  # with check_finite: a reduction's input had NaN or inf
         self.outer = None  # (lo, hi): this thread's slice of the outermost loop
         self.partial_out = None  # where a thread leaves its partial reduction
 
@@ -491,8 +513,44 @@ class _KernelBody:
                     x = self.value(a, broadcast_index(idx, d["shape"], ad["shape"], em))
                     operands.append(x if want is None else em.cast(ad["dtype"], want, x))
                 v = op.lower(em, np.dtype(compute_dtype(typing)), *operands)
+                if self.check_slot is not None and np.dtype(d["dtype"]).kind == "f":
+                    inputs_finite = [self._finite(self.g.nodes[a]["dtype"], x)
+                                     for a, x in zip(d["args"], operands)
+                                     if np.dtype(self.g.nodes[a]["dtype"]).kind == "f"]
+                    self._check(node, v, inputs_finite)
         self.memo[key] = (v, idx)
         return v
+
+    # --- check_finite ------------------------------------------------------------------------
+    def start_checks(self):
+        self.check_slot = self.b.alloca(I64, name="first_nonfinite")
+        self.b.store(ir.Constant(I64, NO_CHECK_FAILED), self.check_slot)
+        self.nonfinite_input = self.b.alloca(ir.IntType(1), name="nonfinite_input")
+        self.b.store(ir.Constant(ir.IntType(1), 0), self.nonfinite_input)
+
+    def report_checks(self):
+        b = self.b
+        first = b.load(self.check_slot, typ=I64)
+        with b.if_then(b.icmp_unsigned("!=", first, ir.Constant(I64, NO_CHECK_FAILED)), likely=False):
+            b.store(b.trunc(b.add(first, ir.Constant(I64, ERR_NONFINITE_BASE)), I32), self.em.status_ptr)
+
+    def _finite(self, dtype, x):
+        if np.dtype(dtype).kind != "f":
+            return ir.Constant(ir.IntType(1), 1)
+        magnitude = self.em._intrinsic("llvm.fabs", x)
+        return self.b.fcmp_ordered("!=", magnitude, ir.Constant(x.type, float("inf")))
+
+    def _check(self, node, value, inputs_finite):
+        """Record `node` if it made a non-finite value from finite inputs (lowest site wins)."""
+        b = self.b
+        bad = b.not_(self._finite(np.dtype("f8") if value.type == ir.DoubleType() else np.dtype("f4"),
+                                  value))
+        for ok in inputs_finite:
+            bad = b.and_(bad, ok)
+        site = ir.Constant(I64, self.lowering.check_site(node))
+        current = b.load(self.check_slot, typ=I64)
+        earlier = b.icmp_unsigned("<", site, current)
+        b.store(b.select(b.and_(bad, earlier), site, current), self.check_slot)
 
     def _flat_ok(self, root, over=None):
         """Whether every op is elementwise over the root's shape (or size 1): one flat loop."""
@@ -544,14 +602,25 @@ class _KernelBody:
         count = math.prod(in_shape[a] for a in axes)
         identity = em.const(acc_dtype, op.identity(acc_dtype))
 
+        checking = self.check_slot is not None and np.dtype(out_dtype).kind == "f"
+
         def element(idx):
             x = self.value(src, idx)
+            if checking:
+                seen = b.load(self.nonfinite_input, typ=ir.IntType(1))
+                bad_in = b.not_(self._finite(g.nodes[src]["dtype"], x))
+                b.store(b.or_(seen, bad_in), self.nonfinite_input)
             return em.cast(g.nodes[src]["dtype"], acc_dtype, x)
 
         def finish(acc):
             if op.finalize is not None:
                 acc = op.finalize(em, acc_dtype, acc, count)
-            return em.cast(acc_dtype, out_dtype, acc)
+            result = em.cast(acc_dtype, out_dtype, acc)
+            if checking:
+                inputs_ok = b.not_(b.load(self.nonfinite_input, typ=ir.IntType(1)))
+                self._check(root, result, [inputs_ok])
+                b.store(ir.Constant(ir.IntType(1), 0), self.nonfinite_input)
+            return result
 
         ndim = len(in_shape)
         if tuple(axes) == tuple(range(ndim - len(axes), ndim)):
@@ -753,9 +822,11 @@ class _KernelBody:
             start += shape[axis]
 
 
-def lower_graph(g, name="symgraph_main", math_impl=None, triple="", num_threads=1) -> ir.Module:
+def lower_graph(g, name="symgraph_main", math_impl=None, triple="", num_threads=1,
+                check_finite=False, check_sites=None) -> ir.Module:
     """The LLVM module for a typed, scheduled and planned graph."""
-    return GraphLowering(g, name, math_impl, triple, num_threads=num_threads).lower()
+    return GraphLowering(g, name, math_impl, triple, num_threads=num_threads,
+                         check_finite=check_finite, check_sites=check_sites).lower()
 
 
 __all__ = ["lower_graph", "memory_type", "I64"]
