@@ -21,11 +21,12 @@ from llvmlite import ir
 from .. import dtypes as dt
 from ..codegen.cpu import CodeLibrary
 from ..codegen.emit import I32, I64, PTR
-from ..codegen.kernel import ERR_NO_MEMORY, lower_graph
+from ..codegen.kernel import ERR_NO_MEMORY, ERR_NONFINITE_BASE, lower_graph
 from ..errors import (
     ArgumentError,
     DTypeError,
     ExecutionError,
+    NonFiniteError,
     ShapeError,
     SymgraphError,
 )
@@ -184,6 +185,7 @@ class Executable:
         self.out_types = out_types
         self.stages = stages
         self.hits = 0
+        self.check_sites = []  # with check_finite: (graph, node) per number native code reports
 
     @property
     def memory_plan(self):
@@ -192,6 +194,26 @@ class Executable:
                            if "buffer" in self.graph.nodes[n]}
         return plan
 
+
+
+class _CachedExecutable(Executable):
+    """Native code loaded from the persistent cache: the graph stages are rebuilt lazily."""
+
+    def __init__(self, optimize, library, cfunc, out_types, workspace_bytes):
+        self._optimize, self._optimized = optimize, None
+        self.library, self.cfunc, self.out_types = library, cfunc, out_types
+        self.workspace_bytes = workspace_bytes
+        self.hits = 0
+        self.check_sites = []
+
+    def _result(self):
+        if self._optimized is None:
+            self._optimized = self._optimize()
+        return self._optimized
+
+    graph = property(lambda self: self._result()[0])
+    pass_log = property(lambda self: self._result()[1])
+    stages = property(lambda self: self._result()[2])
 
 def _add_python_entry(module: ir.Module, name: str, n_args: int) -> str:
     """A wrapper taking numpy array objects (the inputs, the outputs, then the workspace):
@@ -230,8 +252,46 @@ def _contiguous_key(types):
     return tuple(key)
 
 
-def _fail(status):
+def _fail(status, exe=None, arrays=()):
+    if exe is not None and status >= ERR_NONFINITE_BASE and exe.check_sites:
+        raise _nonfinite_error(exe, status - ERR_NONFINITE_BASE, arrays)
     raise ExecutionError(_STATUS_MESSAGES.get(status, f"native code failed with status {status}"))
+
+
+def _summary(value) -> str:
+    value = np.asarray(value)
+    if value.size == 0:
+        return f"{value.dtype}{list(value.shape)} (empty)"
+    if value.dtype.kind != "f":
+        return f"{value.dtype}{list(value.shape)} in [{value.min()}, {value.max()}]"
+    finite = value[np.isfinite(value)]
+    span = f"finite values in [{finite.min():.6g}, {finite.max():.6g}]" if finite.size else "no finite values"
+    return (f"{value.dtype}{list(value.shape)}: {span}, {int(np.isnan(value).sum())} NaN, "
+            f"{int(np.isinf(value).sum())} inf")
+
+
+def _nonfinite_error(exe, site, arrays):
+    """Name the node check_finite caught, with its line and a summary of the values involved."""
+    from ..interpret import run_graph
+
+    graph, node = exe.check_sites[site]
+    d = graph.nodes[node]
+    details = ""
+    if graph is exe.graph and arrays:
+        try:
+            values = run_graph(graph, dict(zip(graph.graph["inputs"], arrays)), keep=True)
+            lines = [f"  operand {i}: {_summary(values[a])}" for i, a in enumerate(d["args"])]
+            lines.append(f"  result: {_summary(values[node])}")
+            details = "\n".join(lines)
+        except SymgraphError:
+            details = ""
+    else:
+        details = "  (inside a control-flow body)"
+    label = f" ({d['name']!r})" if d.get("name") else ""
+    return NonFiniteError(f"check_finite: {d['op']}{label} turned finite inputs into NaN or inf",
+                          locs=d["loc"], details=details,
+                          hint="lanes that a later where() discards are checked too: "
+                               "guard the operand instead (for example log(where(x > 0, x, 1)))")
 
 
 compile_source = compile  # the builtin, before this module defines symgraph's compile()
@@ -249,7 +309,7 @@ class CompiledFunction:
     """
 
     def __init__(self, structure, variables, *, opt_level=2, disable=(), name="symgraph_main",
-                 verify=None, num_threads=None):
+                 verify=None, num_threads=None, check_finite=False):
         self.structure = structure
         self.variables = variables
         self.inputs = [v.attrs["name"] for v in variables]
@@ -258,11 +318,13 @@ class CompiledFunction:
         self.opt_level = opt_level
         self.disable = tuple(disable)
         self.num_threads = num_threads or os.cpu_count() or 1
+        self.check_finite = bool(check_finite)
         self.name = name
         self.verify = VERIFY_DEFAULT if verify is None else verify
         self.passes = pipeline(opt_level, self.disable)
         self._template = to_graph(structure.exprs, variables)
         self._specializations = {}
+        self._debug = None
         self._latest = None
         self._lock = threading.Lock()
         self._misses = self._compilations = 0
@@ -306,6 +368,28 @@ class CompiledFunction:
         if stage not in exe.stages:
             raise ArgumentError(f"unknown stage {stage!r}; stages: {list(exe.stages) + ['llvm', 'asm']}")
         return exe.stages[stage]
+
+    def intermediates(self, *args, **kwargs):
+        """Run on the inputs and return ``(outputs, {name: value})`` for every named
+        intermediate (``expr.name = "h1"``), computed by a compiled variant of this graph."""
+        if self._debug is None:
+            from ..frontend import collect
+
+            named = {}
+            for e in collect(self.structure.exprs):
+                if e.name and e.op != "var":
+                    key, k = e.name, 2
+                    while key in named:
+                        key, k = f"{e.name}#{k}", k + 1
+                    named[key] = e
+            variant = compile([*self.structure.exprs, *named.values()], inputs=self.variables,
+                              opt_level=self.opt_level, disable=self.disable,
+                              num_threads=self.num_threads, name=f"{self.name}_debug")
+            self._debug = (variant, list(named))
+        variant, names = self._debug
+        values = variant(*args, **kwargs)
+        n = len(self.structure.exprs)
+        return self.structure.pack(values[:n]), dict(zip(names, values[n:]))
 
     def cache_info(self):
         """Calls served by existing code (hits), calls that needed new code (misses), and
@@ -380,6 +464,8 @@ class CompiledFunction:
             return self._call(args, kwargs)
 
     def _call(self, args, kwargs, out=None):
+        if kwargs.pop("debug", False):
+            return self.intermediates(*args, **kwargs)
         out = kwargs.pop("out", out)
         arrays = self._bind(args, kwargs)
         key = self._key(arrays)
@@ -437,7 +523,7 @@ def fast({params}{', ' if params else ''}*, out=None):
             ws = empty(ws, uint8) if ws else no_workspace
             status = exe.cfunc({params}{', ' if params else ''}{', '.join(outs)}, ws)
             if status:
-                fail(status)
+                fail(status, exe, ({params}{',' if len(names) == 1 else ''}))
             return {packed}
     return call(({params}{',' if len(names) == 1 else ''}), {{}}, out)
 """
@@ -451,7 +537,7 @@ def fast({params}{', ' if params else ''}*, out=None):
         ws = np.empty(exe.workspace_bytes, np.uint8) if exe.workspace_bytes else _NO_WORKSPACE
         status = exe.cfunc(*arrays, *outs, ws)
         if status:
-            _fail(status)
+            _fail(status, exe, arrays)
 
     def _check_out(self, exe, given, arrays):
         """Validated out= arrays; ones that overlap an input or each other get a temporary."""
@@ -492,25 +578,32 @@ def fast({params}{', ' if params else ''}*, out=None):
     def _build(self, types):
         signature = dict(zip(self.inputs, types))
         g = specialize(self._template, signature)
-        stages = _Stages(input=g)
-
-        def on_stage(name, graph):
-            stages[name] = graph
-
-        g, log = run_passes(g, self.passes, verify=self.verify, on_stage=on_stage)
-        stages["final"] = g
         n_args = len(self.inputs) + len(g.graph["outputs"])
+        options = (self.opt_level, self.disable, tuple(self.passes), self.num_threads)
+        # check_finite code reports node numbers assigned while lowering: always lower it.
+        key = None if self.check_finite or DUMP_DIR else persistent_cache.key_for(
+            g, self.name, options)
+        if key is not None:
+            found = persistent_cache.lookup(key, self.name)
+            if found is not None:
+                return self._cached_executable(g, n_args, *found)
+        g, log, stages = self._optimize(g)
         wrapper = f"{self.name}.py"
+        check_sites = []
 
-        def llvm_ir():
-            module = lower_graph(g, self.name, _math_impl(), num_threads=self.num_threads)
+        def lower():
+            return lower_graph(g, self.name, _math_impl(), num_threads=self.num_threads,
+                               check_finite=self.check_finite, check_sites=check_sites)
+
+        out_types = [(g.nodes[o]["shape"], g.nodes[o]["dtype"]) for o in g.graph["outputs"]]
+        if key is not None:
+            module = lower()
             _add_python_entry(module, self.name, n_args)
-            return str(module)
-
-        options = (self.opt_level, self.disable, tuple(self.passes))
-        library = persistent_cache.load_library(g, llvm_ir, self.name, options)
-        if library is None:
-            module = lower_graph(g, self.name, _math_impl(), num_threads=self.num_threads)
+            meta = {"workspace_bytes": int(g.graph.get("workspace_bytes", 0)),
+                    "out_types": [[list(s), d.str] for s, d in out_types]}
+            library = persistent_cache.build(key, str(module), self.name, meta)
+        else:
+            module = lower()
             wrapper = _add_python_entry(module, self.name, n_args)
             library = CodeLibrary(module, self.name)
         if DUMP_DIR:
@@ -519,12 +612,32 @@ def fast({params}{', ' if params else ''}*, out=None):
             dump_compilation(DUMP_DIR, self.name, stages, library)
         signature = ctypes.CFUNCTYPE(ctypes.c_int32, *([ctypes.py_object] * (n_args + 1)))
         cfunc = signature(library.address(wrapper))
-        out_types = [(g.nodes[o]["shape"], g.nodes[o]["dtype"]) for o in g.graph["outputs"]]
-        return Executable(g, log, library, cfunc, out_types, stages)
+        exe = Executable(g, log, library, cfunc, out_types, stages)
+        exe.check_sites = check_sites
+        return exe
 
+    def _optimize(self, g):
+        """(final graph, pass log, stages) of a specialized graph."""
+        stages = _Stages(input=g)
+
+        def on_stage(name, graph):
+            stages[name] = graph
+
+        g, log = run_passes(g, self.passes, verify=self.verify, on_stage=on_stage)
+        stages["final"] = g
+        return g, log, stages
+
+    def _cached_executable(self, g, n_args, library, meta):
+        """An Executable for code from the persistent cache; the optimized graph, pass log
+        and stages are recomputed only if someone asks for them."""
+        signature = ctypes.CFUNCTYPE(ctypes.c_int32, *([ctypes.py_object] * (n_args + 1)))
+        cfunc = signature(library.address(f"{self.name}.py"))
+        out_types = [(tuple(s), np.dtype(d)) for s, d in meta["out_types"]]
+        return _CachedExecutable(lambda: self._optimize(g), library, cfunc, out_types,
+                                 meta["workspace_bytes"])
 
 def compile(*outputs, inputs=None, opt_level=2, disable=(), name="symgraph_main", verify=None,
-            num_threads=None):
+            num_threads=None, check_finite=False):
     """Compile expression(s) to native code.
 
     ``compile(y)`` returns a function giving one array; ``compile(x, y)`` a tuple,
@@ -532,6 +645,8 @@ def compile(*outputs, inputs=None, opt_level=2, disable=(), name="symgraph_main"
     positional order (default: Variables in creation order); ``opt_level=0`` runs no
     optimization, ``disable=['cse']`` switches single passes off. Large loops split across
     ``num_threads`` native threads (default: every core), in a fixed, deterministic way.
+    ``check_finite=True`` raises NonFiniteError naming the first node that turns finite
+    inputs into NaN or inf (checked inside the fused native code, on one thread).
     """
     structure = OutputStructure.of(outputs)
     found = find_variables(structure.exprs)
@@ -560,4 +675,4 @@ def compile(*outputs, inputs=None, opt_level=2, disable=(), name="symgraph_main"
     if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
         raise ArgumentError(f"num_threads must be a positive integer, got {num_threads!r}")
     return CompiledFunction(structure, variables, opt_level=opt_level, disable=disable, name=name,
-                            verify=verify, num_threads=num_threads)
+                            verify=verify, num_threads=num_threads, check_finite=check_finite)
