@@ -23,6 +23,7 @@ from ..ops.control import ERR_MAX_ITERS, control_layout
 from .emit import I8, I32, I64, PTR, Emitter, memory_type, register_type
 from .gemm import emit_matmul, uses_gemm
 from .loops import emit_loop, emit_nest
+from .nn import lower_conv, lower_pool
 
 ERR_NO_MEMORY = 2
 ERR_NONFINITE_BASE = 16  # status 16 + k: check site k went non-finite (check_finite)
@@ -361,7 +362,8 @@ class GraphLowering:
         if self.check_finite:
             kernel.start_checks()
         kind = get_op(g.nodes[root]["op"]).kind
-        {"reduce": kernel.reduce, "matmul": kernel.matmul, "concat": kernel.concat}.get(
+        {"reduce": kernel.reduce, "matmul": kernel.matmul, "concat": kernel.concat,
+         "conv": lambda r: lower_conv(kernel, r), "pool": lambda r: lower_pool(kernel, r)}.get(
             kind, kernel.elementwise)(root)
         if self.check_finite:
             kernel.report_checks()
@@ -512,7 +514,11 @@ class _KernelBody:
                     ad = self.g.nodes[a]
                     x = self.value(a, broadcast_index(idx, d["shape"], ad["shape"], em))
                     operands.append(x if want is None else em.cast(ad["dtype"], want, x))
-                v = op.lower(em, np.dtype(compute_dtype(typing)), *operands)
+                extra = {}
+                if "scalar_operands" in op.traits:  # the lowering needs to know broadcasts
+                    extra["scalar_operands"] = tuple(
+                        math.prod(self.g.nodes[a]["shape"]) == 1 for a in d["args"])
+                v = op.lower(em, np.dtype(compute_dtype(typing)), *operands, **extra)
                 if self.check_slot is not None and np.dtype(d["dtype"]).kind == "f":
                     inputs_finite = [self._finite(self.g.nodes[a]["dtype"], x)
                                      for a, x in zip(d["args"], operands)

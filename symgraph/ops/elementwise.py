@@ -17,7 +17,7 @@ ERR_NEGATIVE_INT_POWER = 1  # status code native code returns for int ** negativ
 
 
 def _ufunc_op(name, ufunc, lower, *, commutative=False, rule=None, reference=None, doc="",
-              grad=None):
+              grad=None, traits=()):
     return register(
         Op(
             name=name,
@@ -28,6 +28,7 @@ def _ufunc_op(name, ufunc, lower, *, commutative=False, rule=None, reference=Non
             grad=grad,
             arity=ufunc.nin,
             commutative=commutative,
+            traits=frozenset(traits),
             doc=doc,
         )
     )
@@ -108,9 +109,15 @@ def _float_divmod(em, d, a, b):
     return em.select(b_is_zero, quotient, floor), em.select(b_is_zero, em.fmod(d, a, b), mod)
 
 
-def _lower_pow(em, d, a, b):
+def _lower_pow(em, d, a, b, scalar_operands=(False, False)):
     if dt.is_float(d):
-        return em.math("pow", d, a, b)
+        result = em.math("pow", d, a, b)
+        if scalar_operands[1]:
+            # numpy's loop takes sqrt for a broadcast exponent of 0.5, which differs from pow
+            # on -0.0 and -inf; match it so compiled code and numpy agree bit for bit.
+            half = em.cmp("==", d, b, em.const(d, 0.5))
+            result = em.select(half, em.sqrt(d, a), result)
+        return result
     if dt.is_bool(d):  # numpy has no bool power loop; resolution never picks bool
         raise DTypeError("pow does not support bool operands")
     em.raise_if(em.cmp("<", d, b, em.const(d, 0)), ERR_NEGATIVE_INT_POWER)
@@ -195,7 +202,7 @@ _ufunc_op("floordiv", np.floor_divide, _lower_floordiv,
           grad=lambda g, out, a, b: (None, None))  # piecewise constant
 _ufunc_op("mod", np.remainder, _lower_mod,
           grad=_binary_grad(lambda g, o, a, b: g, lambda g, o, a, b: -g * (a // b)))
-_ufunc_op("pow", np.power, _lower_pow, reference=_pow_reference,
+_ufunc_op("pow", np.power, _lower_pow, reference=_pow_reference, traits={"scalar_operands"},
           grad=_binary_grad(_pow_grad_base, _pow_grad_exponent))
 _ufunc_op("maximum", np.maximum, _lower_maximum, commutative=True, grad=_extreme_grad(True))
 _ufunc_op("minimum", np.minimum, _lower_minimum, commutative=True, grad=_extreme_grad(False))

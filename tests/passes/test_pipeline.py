@@ -63,9 +63,6 @@ EXACT, APPROX = _cases()
 @pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 @pytest.mark.parametrize("case", sorted(EXACT))
 def test_every_configuration_matches_the_interpreter(case, config, request):
-    if case == "pow_half":
-        reason = "compiled pow(x, 0.5) follows libm on -0.0/-inf, numpy's broadcast fast path sqrt"
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     _compare(EXACT[case], config, exact=True)
 
 
