@@ -20,12 +20,15 @@ from .frontend import (
     Expr,
     Variable,
     absolute,
+    argmax,
+    argmin,
     astype,
     broadcast_to,
     clip,
     concatenate,
     cos,
     cosh,
+    cross_entropy,
     exp,
     exp2,
     expm1,
@@ -42,6 +45,7 @@ from .frontend import (
     min,
     minimum,
     negative,
+    one_hot,
     relu,
     reshape,
     sigmoid,
@@ -49,6 +53,7 @@ from .frontend import (
     sinh,
     sqrt,
     sum,
+    take,
     tan,
     tanh,
     transpose,
@@ -57,6 +62,7 @@ from .frontend import (
 from .control import cond, fori_loop, scan, while_loop
 from .autodiff import grad, vjp
 from .interpret import evaluate
+from .ops.nn import avg_pool2d, conv2d, log_softmax, logsumexp, max_pool2d, softmax
 from .jit import jit
 from .runtime.compiled import CompiledFunction, compile
 from .serialize import load, save
@@ -66,6 +72,7 @@ abs = absolute  # noqa: A001  (numpy's name for it)
 __version__ = "0.1.0"
 
 __all__ = [
+    "argmax", "argmin", "cross_entropy", "one_hot", "take",
     "ArgumentError", "CompileError", "CompiledFunction", "Constant", "DTypeError",
     "ExecutionError", "Expr", "GraphError", "IndexOutOfRange", "NonFiniteError",
     "SerializationError", "ShapeError", "SymgraphError", "TracerBoolError", "Variable",
@@ -73,4 +80,5 @@ __all__ = [
     "cosh", "evaluate", "exp", "exp2", "expm1", "floor", "grad", "log", "log1p", "log2", "log10",
     "logical_not", "matmul", "max", "maximum", "mean", "min", "minimum", "negative", "relu",
     "reshape", "sigmoid", "sin", "sinh", "sqrt", "sum", "tan", "tanh", "transpose", "vjp", "where",
+    "avg_pool2d", "conv2d", "log_softmax", "logsumexp", "max_pool2d", "softmax",
 ]

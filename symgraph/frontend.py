@@ -125,7 +125,7 @@ class Expr:
 
     # --- array methods -------------------------------------------------------------------
     def astype(self, dtype):
-        return apply("cast", self, dtype=dt.as_dtype(dtype, what="astype target"))
+        return apply("cast", self, dtype=_astype_target(dtype))
 
     def reshape(self, *shape):
         return reshape(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
@@ -189,6 +189,13 @@ class Constant(Expr):
         array = np.array(array, order="C", copy=True)
         array.flags.writeable = False
         super().__init__("const", (), {"value": array}, shape=array.shape, dtype=array.dtype, name=name)
+
+
+def _astype_target(dtype) -> np.dtype:
+    try:
+        return dt.as_dtype(dtype, what="astype target")
+    except SymgraphError as exc:
+        raise exc.located((user_loc(),)).with_traceback(None) from None
 
 
 def _scalar(value) -> Expr:
@@ -316,7 +323,7 @@ def where(cond, x, y):
 
 def astype(x, dtype):
     """Convert to `dtype` with numpy's astype semantics."""
-    return apply("cast", x, dtype=dt.as_dtype(dtype, what="astype target"))
+    return apply("cast", x, dtype=_astype_target(dtype))
 
 
 def sum(x, axis=None, keepdims=False):  # noqa: A001  (numpy's name)
@@ -363,6 +370,60 @@ def concatenate(arrays, axis=0):
 def matmul(a, b):
     """numpy matmul (also the @ operator)."""
     return apply("matmul", a, b)
+
+
+def _flat_if_no_axis(x, axis):
+    return (reshape(x, (-1,)), 0) if axis is None else (x, axis)
+
+
+def argmax(x, axis=None, keepdims=False):
+    """Index of the first maximum (NaN counts as the maximum), as numpy.argmax."""
+    if axis is None and keepdims:
+        raise GraphError("argmax(axis=None, keepdims=True) is not supported", locs=(user_loc(),))
+    x, axis = _flat_if_no_axis(x, axis)
+    return apply("argmax", x, axis=int(axis), keepdims=keepdims)
+
+
+def argmin(x, axis=None, keepdims=False):
+    """Index of the first minimum (NaN counts as the minimum), as numpy.argmin."""
+    if axis is None and keepdims:
+        raise GraphError("argmin(axis=None, keepdims=True) is not supported", locs=(user_loc(),))
+    x, axis = _flat_if_no_axis(x, axis)
+    return apply("argmin", x, axis=int(axis), keepdims=keepdims)
+
+
+def take(x, indices, axis=None):
+    """Gather along `axis` (flattened when None), as numpy.take; out-of-range is an error."""
+    x, axis = _flat_if_no_axis(x, axis)
+    return apply("take", x, indices, axis=int(axis))
+
+
+def one_hot(labels, num_classes, dtype="float64"):
+    """``one_hot(labels, n)[..., k]`` is 1 where ``labels == k``, else 0."""
+    classes = Constant(np.arange(int(num_classes), dtype=np.int64))
+    hits = apply("eq", apply("reshape", labels, shape=_append_axis(labels)), classes)
+    return astype(hits, dtype)
+
+
+def _append_axis(x):
+    shape = np.shape(x) if not isinstance(x, Expr) else x.shape
+    if shape is None:
+        raise GraphError("one_hot needs labels of known shape; declare the Variable's shape",
+                         locs=(user_loc(),))
+    return tuple(shape) + (1,)
+
+
+def cross_entropy(logits, labels, axis=-1):
+    """Mean negative log-likelihood of integer `labels` under softmax(`logits`), computed
+    through log_softmax so it stays finite for large logits."""
+    from .ops.nn import log_softmax
+
+    shape = logits.shape if isinstance(logits, Expr) else np.shape(logits)
+    if shape is None:
+        raise GraphError("cross_entropy needs logits of known shape", locs=(user_loc(),))
+    picked = one_hot(labels, shape[axis], dtype=logits.dtype if isinstance(logits, Expr)
+                     else np.asarray(logits).dtype) * log_softmax(logits, axis=axis)
+    return -mean(sum(picked, axis=axis))
 
 
 # --- from expressions to a graph -------------------------------------------------------------

@@ -12,6 +12,7 @@ a buffer that anything it reads lives in.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 from llvmlite import ir
@@ -20,6 +21,7 @@ from ..graph import topo_order
 from ..infer import compute_dtype, node_typing
 from ..ops import get_op
 from ..ops.control import ERR_MAX_ITERS, control_layout
+from ..ops.indexing import ERR_INDEX_OUT_OF_RANGE
 from .emit import I8, I32, I64, PTR, Emitter, memory_type, register_type
 from .gemm import emit_matmul, uses_gemm
 from .loops import emit_loop, emit_nest
@@ -363,7 +365,8 @@ class GraphLowering:
             kernel.start_checks()
         kind = get_op(g.nodes[root]["op"]).kind
         {"reduce": kernel.reduce, "matmul": kernel.matmul, "concat": kernel.concat,
-         "conv": lambda r: lower_conv(kernel, r), "pool": lambda r: lower_pool(kernel, r)}.get(
+         "conv": lambda r: lower_conv(kernel, r), "pool": lambda r: lower_pool(kernel, r),
+         "argreduce": kernel.argreduce}.get(
             kind, kernel.elementwise)(root)
         if self.check_finite:
             kernel.report_checks()
@@ -507,6 +510,8 @@ class _KernelBody:
             if op.kind == "movement":
                 (a,) = d["args"]
                 v = self.value(a, op.index_map(em, idx, d["attrs"], self.g.nodes[a]["shape"]))
+            elif op.kind == "gather":
+                v = self._gather(node, idx)
             else:
                 typing = node_typing(self.g, node)
                 operands = []
@@ -526,6 +531,54 @@ class _KernelBody:
                     self._check(node, v, inputs_finite)
         self.memo[key] = (v, idx)
         return v
+
+    def _gather(self, node, idx):
+        """take: the operand's element at the index the indices operand holds at this point."""
+        g, em, b = self.g, self.em, self.b
+        d = g.nodes[node]
+        x, indices = d["args"]
+        axis = d["attrs"]["axis"]
+        x_shape, i_shape = g.nodes[x]["shape"], g.nodes[indices]["shape"]
+        if isinstance(idx, _Flat):
+            idx = em.delinearize(idx.i, d["shape"])
+        k = len(i_shape)
+        j = em.cast(g.nodes[indices]["dtype"], np.dtype(np.int64),
+                    self.value(indices, list(idx[axis:axis + k])))
+        size = ir.Constant(I64, x_shape[axis])
+        j = b.select(b.icmp_signed("<", j, ir.Constant(I64, 0)), b.add(j, size), j)
+        bad = b.or_(b.icmp_signed("<", j, ir.Constant(I64, 0)), b.icmp_signed(">=", j, size))
+        em.raise_if(bad, ERR_INDEX_OUT_OF_RANGE)
+        j = b.select(bad, ir.Constant(I64, 0), j)  # never load out of bounds
+        return self.value(x, list(idx[:axis]) + [j] + list(idx[axis + k:]))
+
+    def argreduce(self, root):
+        """argmax/argmin: a running best value and its index along one axis."""
+        g, em, b = self.g, self.em, self.b
+        d = g.nodes[root]
+        op = get_op(d["op"])
+        (src,) = d["args"]
+        in_shape = g.nodes[src]["shape"]
+        axis = d["attrs"]["axis"]
+        dtype = np.dtype(g.nodes[src]["dtype"])
+        out_shape = in_shape[:axis] + in_shape[axis + 1:]
+        ptr = self.pointers[root]
+        best = b.alloca(register_type(dtype), name="best")
+        best_at = b.alloca(I64, name="best_at")
+
+        def per_output(outer):
+            def step(i):
+                self.memo.clear()
+                x = self.value(src, outer[:axis] + [i] + outer[axis:])
+                current = b.load(best, typ=register_type(dtype))
+                first = b.icmp_unsigned("==", i, ir.Constant(I64, 0))
+                take = b.or_(first, op.lower(em, dtype, x, current))
+                b.store(b.select(take, x, current), best)
+                b.store(b.select(take, i, b.load(best_at, typ=I64)), best_at)
+
+            emit_loop(b, in_shape[axis], step, "arg")
+            em.store(d["dtype"], b.load(best_at, typ=I64), ptr, em.linearize(outer, out_shape))
+
+        emit_nest(b, out_shape, per_output, "o")
 
     # --- check_finite ------------------------------------------------------------------------
     def start_checks(self):
@@ -831,8 +884,26 @@ class _KernelBody:
 def lower_graph(g, name="symgraph_main", math_impl=None, triple="", num_threads=1,
                 check_finite=False, check_sites=None) -> ir.Module:
     """The LLVM module for a typed, scheduled and planned graph."""
-    return GraphLowering(g, name, math_impl, triple, num_threads=num_threads,
-                         check_finite=check_finite, check_sites=check_sites).lower()
+    # `value` recurses once per fused op: a long fused chain needs a deep Python stack.
+    needed = 1000 + 8 * _total_nodes(g)
+    old = sys.getrecursionlimit()
+    if needed > old:
+        sys.setrecursionlimit(needed)
+    try:
+        return GraphLowering(g, name, math_impl, triple, num_threads=num_threads,
+                             check_finite=check_finite, check_sites=check_sites).lower()
+    finally:
+        if needed > old:
+            sys.setrecursionlimit(old)
+
+
+def _total_nodes(g) -> int:
+    total = g.number_of_nodes()
+    for _, d in g.nodes(data=True):
+        for body in d["attrs"].get("bodies", ()) if isinstance(d.get("attrs"), dict) else ():
+            if hasattr(body, "number_of_nodes"):
+                total += _total_nodes(body)
+    return total
 
 
 __all__ = ["lower_graph", "memory_type", "I64"]

@@ -13,8 +13,18 @@ import math
 from ..graph import copy_graph, topo_order
 from ..ops import get_op
 
-INLINABLE = ("elementwise", "movement")
-CAN_ABSORB = ("elementwise", "movement", "reduce")
+INLINABLE = ("elementwise", "movement", "gather")
+# A kernel's loop body is capped (transcendental functions weigh more: they inline a
+# polynomial), so LLVM's optimization time stays linear in graph size. Splitting costs one
+# store and one load per element at the cut; past this size that is cheap next to the work.
+MAX_KERNEL_WEIGHT = 256
+_HEAVY = frozenset({"exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sin", "cos", "tan",
+                    "sinh", "cosh", "tanh", "sigmoid", "pow"})
+
+
+def op_weight(opname) -> int:
+    return 16 if opname in _HEAVY else 1
+CAN_ABSORB = ("elementwise", "movement", "gather", "reduce", "argreduce")
 
 
 def kernel_domain(g, root) -> tuple:
@@ -22,7 +32,7 @@ def kernel_domain(g, root) -> tuple:
     d = g.nodes[root]
     if get_op(d["op"]).kind == "control":
         return ()
-    if get_op(d["op"]).kind == "reduce":
+    if get_op(d["op"]).kind in ("reduce", "argreduce"):
         return g.nodes[d["args"][0]]["shape"]
     return d["shape"]
 
@@ -31,7 +41,7 @@ def assign_kernels(g, *, inline: bool):
     g = copy_graph(g)
     order = topo_order(g)
     outputs = set(g.graph["outputs"])
-    kernel_of, domain_size, inlined = {}, {}, 0
+    kernel_of, domain_size, weight, inlined = {}, {}, {}, 0
     for n in reversed(order):
         d = g.nodes[n]
         kind = get_op(d["op"]).kind
@@ -42,12 +52,16 @@ def assign_kernels(g, *, inline: bool):
         user_kernels = {kernel_of.get(u) for u in users}
         if (inline and n not in outputs and kind in INLINABLE and len(user_kernels) == 1
                 and all(get_op(g.nodes[u]["op"]).kind in CAN_ABSORB for u in users)
-                and math.prod(d["shape"]) == domain_size[next(iter(user_kernels))]):
-            kernel_of[n] = next(iter(user_kernels))
+                and math.prod(d["shape"]) == domain_size[next(iter(user_kernels))]
+                and weight[next(iter(user_kernels))] + op_weight(d["op"]) <= MAX_KERNEL_WEIGHT):
+            k = next(iter(user_kernels))
+            kernel_of[n] = k
+            weight[k] += op_weight(d["op"])
             inlined += 1
         else:
             kernel_of[n] = n  # provisional id: the root's key
             domain_size[n] = math.prod(kernel_domain(g, n))
+            weight[n] = op_weight(d["op"])
     # Number kernels by their root's position in topological order: a valid schedule.
     position = {n: i for i, n in enumerate(order)}
     roots = sorted(set(kernel_of.values()), key=position.__getitem__)

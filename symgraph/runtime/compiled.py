@@ -26,6 +26,7 @@ from ..errors import (
     ArgumentError,
     DTypeError,
     ExecutionError,
+    IndexOutOfRange,
     NonFiniteError,
     ShapeError,
     SymgraphError,
@@ -34,6 +35,7 @@ from ..frontend import Expr, find_variables, to_graph
 from ..graph import to_text
 from ..infer import specialize
 from ..ops.control import ERR_MAX_ITERS
+from ..ops.indexing import ERR_INDEX_OUT_OF_RANGE
 from ..ops.elementwise import ERR_NEGATIVE_INT_POWER
 from ..passes import VERIFY_DEFAULT, pipeline, run_passes
 from . import cache as persistent_cache
@@ -255,6 +257,8 @@ def _contiguous_key(types):
 def _fail(status, exe=None, arrays=()):
     if exe is not None and status >= ERR_NONFINITE_BASE and exe.check_sites:
         raise _nonfinite_error(exe, status - ERR_NONFINITE_BASE, arrays)
+    if status == ERR_INDEX_OUT_OF_RANGE:
+        raise IndexOutOfRange("take: an index is out of range for its axis")
     raise ExecutionError(_STATUS_MESSAGES.get(status, f"native code failed with status {status}"))
 
 
