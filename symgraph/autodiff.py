@@ -20,10 +20,11 @@ from .ops.registry import broadcast_shapes, normalize_axes
 # Ops whose outputs carry no derivative: graph leaves, and integer or boolean results.
 NON_DIFFERENTIABLE = frozenset({
     "var", "const", "scalar",
-    "lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor", "invert",
+    "lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor", "invert", "argmax", "argmin",
 })
 # Ops that exist but have no rule yet: grad names them when they are on a differentiated path.
-NOT_YET_DIFFERENTIABLE = frozenset({"cond", "while", "scan", "item"})
+NOT_YET_DIFFERENTIABLE = frozenset({"cond", "while", "scan", "item", "conv2d", "max_pool2d",
+                                    "avg_pool2d"})
 
 
 def grad(y, wrt):

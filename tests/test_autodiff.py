@@ -69,6 +69,8 @@ def spec(*shapes, lo=-1.5, hi=1.5):
 
 # Every op with a gradient rule, with operands away from kinks and domain edges.
 OP_CASES = {
+    "take": [(lambda a: sg.take(a, sg.Constant(np.array([[0, -1], [2, 0]])), axis=1), spec((3, 4))),
+             (lambda a: sg.take(a, sg.Constant(np.array([1, 1, 0])), axis=0), spec((3, 2)))],
     "add": [(lambda a, b: a + b, spec((3, 1), (1, 4))), (lambda a: a + 2.0, spec((3,)))],
     "sub": [(lambda a, b: a - b, spec((3, 1), (1, 4))), (lambda a: 1.0 - a, spec(()))],
     "mul": [(lambda a, b: a * b, spec((3, 1), (1, 4))), (lambda a, b: a * b, spec((2, 3), ()))],

@@ -78,5 +78,29 @@ def _take_reference(x, indices, axis):
     return np.take(x, indices, axis=axis)
 
 
-register(Op("take", "gather", _take_infer, _take_reference, arity=2,
+def _take_grad(g, out, x, indices, axis):
+    """Scatter-add back: move `axis` first, and one_hot(indices)^T @ g sums the cotangent rows
+    into the rows they were taken from (repeated indices accumulate)."""
+    from .. import autodiff as ad
+    from .. import frontend as fe
+
+    x_shape = ad.shape_of(x, "take")
+    i_shape = ad.shape_of(indices, "take")
+    axis %= len(x_shape)
+    k = len(i_shape)
+    n = x_shape[axis]
+    rest = x_shape[:axis] + x_shape[axis + 1:]
+    # g has shape x[:axis] + i_shape + x[axis+1:]; bring the index axes to the front.
+    g_perm = tuple(range(axis, axis + k)) + tuple(range(axis)) + tuple(
+        range(axis + k, len(x_shape) - 1 + k))
+    g_front = ad.reshaped(fe.transpose(g, g_perm), (-1, max(1, int(np.prod(rest)))))
+    flat = ad.reshaped(indices, (-1,))
+    flat = fe.where(flat < 0, flat + n, flat)
+    hot = fe.one_hot(flat, n, dtype=out.dtype)
+    gx_front = ad.reshaped(fe.matmul(fe.transpose(hot), g_front), (n,) + rest)
+    inverse = tuple(range(1, axis + 1)) + (0,) + tuple(range(axis + 1, len(x_shape)))
+    return fe.transpose(gx_front, inverse), None
+
+
+register(Op("take", "gather", _take_infer, _take_reference, grad=_take_grad, arity=2,
             doc="Gather along `axis` with integer indices (negative ones count from the end)."))
