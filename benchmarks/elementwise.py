@@ -25,21 +25,23 @@ def _arrays(names, n, dtype, seed=0):
 
 
 def measure_bandwidth(n, repeat):
-    """GB/s of streaming kernels on n-element float64 arrays; the best is the bound's rate."""
+    """GB/s of streaming kernels on n-element float64 arrays, from each kernel's fastest
+    sample (STREAM's convention: the rate the memory system can reach on this machine)."""
     a, b, c = (np.full(n, float(i + 1)) for i in range(3))
     results = {}
     t = measure(lambda: np.copyto(a, b), repeat=repeat)
-    results["numpy copy a[:] = b"] = 2 * 8 * n / t.median
+    results["numpy copy a[:] = b"] = 2 * 8 * n / min(t.samples)
     t = measure(lambda: np.add(b, c, out=a), repeat=repeat)
-    results["numpy add a[:] = b + c"] = 3 * 8 * n / t.median
+    results["numpy add a[:] = b + c"] = 3 * 8 * n / min(t.samples)
     if peers.ne is not None:
-        t = measure(lambda: peers.ne.evaluate("b + 3.0*c", local_dict={"b": b, "c": c}, out=a), repeat=repeat)
-        results["numexpr triad a[:] = b + s*c"] = 3 * 8 * n / t.median
+        local = {"b": b, "c": c}
+        t = measure(lambda: peers.ne.evaluate("b + 3.0*c", local_dict=local, out=a), repeat=repeat)
+        results["numexpr triad a[:] = b + s*c"] = 3 * 8 * n / min(t.samples)
     B = sg.Variable("b", shape=(n,), dtype="float64")
     C = sg.Variable("c", shape=(n,), dtype="float64")
     triad = sg.compile(B + 3.0 * C)
     t = measure(lambda: triad(b=b, c=c, out=a), repeat=repeat)
-    results["symgraph triad a[:] = b + s*c (out=)"] = 3 * 8 * n / t.median
+    results["symgraph triad a[:] = b + s*c (out=)"] = 3 * 8 * n / min(t.samples)
     return {k: v / 1e9 for k, v in results.items()}
 
 
@@ -118,6 +120,14 @@ def run(quick=False):
         rec["bytes"] = (len(names) + 1) * n * itemsize
         rec["bound_s"] = rec["bytes"] / (best * 1e9)
         records.append(rec)
+    # Measured again at the end: on a shared machine the first pass may have been unlucky.
+    for k, v in measure_bandwidth(10_000_000, repeat).items():
+        bw[k] = max(bw[k], v)
+    if max(bw.values()) > best:
+        best = max(bw.values())
+        for rec in records:
+            if "bytes" in rec:
+                rec["bound_s"] = rec["bytes"] / (best * 1e9)
     targets = _targets(records)
     return {"bandwidth_gbs": bw, "best_bandwidth_gbs": best, "records": records,
             "targets": targets}
@@ -160,7 +170,8 @@ def _targets(records):
 
 
 def report(result) -> str:
-    lines = ["Measured streaming bandwidth (float64, 1e7 elements, 80 MB per array):"]
+    lines = ["Streaming bandwidth (float64, 1e7 elements, 80 MB per array; fastest sample of "
+             "two passes):"]
     lines += [f"  {k:40s} {v:6.2f} GB/s" for k, v in result["bandwidth_gbs"].items()]
     lines.append(f"  bound uses the best: {result['best_bandwidth_gbs']:.2f} GB/s")
     lines.append("")

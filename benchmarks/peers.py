@@ -59,14 +59,16 @@ _numba_cache = {}
 
 
 def numba_fn(expr, arrays, out=None, reduce=False):
-    """An ``@njit(parallel=True)`` loop over the flattened arrays (prange over both cores)."""
+    """An ``@njit`` loop over the flattened arrays: ``parallel=True`` (prange over every
+    core) from 100,000 elements, serial below, where starting threads costs more."""
     if numba is None:
         return None
     names = sorted(arrays)
     body = NAMES.sub(lambda m: f"{m.group(1)}[i]" if m.group(1) in arrays else m.group(1), expr)
     for f in FUNCS:
         body = re.sub(rf"\b{f}\(", f"np.{f}(", body)
-    key = (expr, tuple(names), reduce)
+    parallel = next(iter(arrays.values())).size >= 100_000
+    key = (expr, tuple(names), reduce, parallel)
     kernel = _numba_cache.get(key)
     if kernel is None:
         params = ", ".join(names)
@@ -79,7 +81,7 @@ def numba_fn(expr, arrays, out=None, reduce=False):
                    f"        out[i] = {body}\n")
         env = {"np": np, "prange": numba.prange}
         exec(compile(src, "<numba kernel>", "exec"), env)  # noqa: S102
-        kernel = numba.njit(parallel=True, cache=False)(env["k"])
+        kernel = numba.njit(parallel=parallel, cache=False)(env["k"])
         _numba_cache[key] = kernel
     args = [arrays[n] for n in names]
     if reduce:

@@ -27,7 +27,9 @@ from .emit import I1, I32, I64, PTR, Emitter, memory_type, register_type
 from .loops import emit_loop
 
 GEMM_USE_FMA = False
-GEMM_MIN_WORK = 16 * 16 * 16  # m*n*k below which the plain loop nest is as fast
+GEMM_MIN_WORK = 16 * 16 * 16  # m*n*k below which the loop nest is as fast; 0 forces the GEMM
+GEMM_MIN_ROWS = 2  # fewer rows of A (after folding batch axes) stay on the loop nest
+GEMM_VECTOR_BYTES = None  # force a SIMD width in bytes (64, 32 or 16) instead of the host's
 ERR_NO_MEMORY = 2
 
 
@@ -61,7 +63,7 @@ class Blocking:
 def blocking(dtype, vector_bytes=None) -> Blocking:
     """Tile sizes: MR x NR accumulators fill most of the register file (32 zmm or 16 ymm/xmm);
     a KC x NR sliver of B stays in L1, an MC x KC block of A in L2."""
-    vb = vector_bytes or simd_bytes()
+    vb = vector_bytes or GEMM_VECTOR_BYTES or simd_bytes()
     w = vb // np.dtype(dtype).itemsize
     mr = {64: 14, 32: 6, 16: 4}[vb]
     kc = 256 if np.dtype(dtype).itemsize == 4 else 192
@@ -239,7 +241,11 @@ def _microkernel(module, name, dtype, blk):
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     sz = np.dtype(dtype).itemsize
     mr, nv, w, nr = blk.mr, blk.nv, blk.w, blk.nr
-    fma = module.declare_intrinsic("llvm.fma", [vty]) if GEMM_USE_FMA else None
+    fma = None
+    if GEMM_USE_FMA:
+        fma_name = f"llvm.fma.v{blk.w}f{8 * np.dtype(dtype).itemsize}"
+        fma = module.globals.get(fma_name) or ir.Function(
+            module, ir.FunctionType(vty, [vty, vty, vty]), fma_name)
 
     def vptr(base, offset):
         return b.gep(base, [offset], source_etype=ty, inbounds=True)
@@ -304,8 +310,12 @@ def dense_loader(src_dtype, dtype, row_stride, col_stride=1):
 
 
 def uses_gemm(dtype, m, n, k) -> bool:
-    """Whether a float matmul of this size goes through the generated GEMM."""
-    return np.dtype(dtype).kind == "f" and min(m, n, k) > 0 and m * n * k >= GEMM_MIN_WORK
+    """Whether a float matmul of this size goes through the generated GEMM. A single row
+    (m == 1) stays on the loop nest, whose inner loop over n vectorizes: packing B would
+    cost as much as the product itself."""
+    if np.dtype(dtype).kind != "f" or min(m, n, k) == 0:
+        return False
+    return m * n * k >= GEMM_MIN_WORK and (m >= GEMM_MIN_ROWS or GEMM_MIN_WORK == 0)
 
 
 __all__ = ["GEMM_USE_FMA", "GEMM_MIN_WORK", "blocking", "dense_loader", "gemm_function",

@@ -1,0 +1,176 @@
+"""Kernels for the NN ops: conv2d as an implicit GEMM, pooling as a direct window loop.
+
+conv2d never materializes an im2col matrix: the GEMM's B-panel packer reads the input
+image through the im2col index map (zero outside the padded border), so the only scratch
+is the GEMM's own packing buffer. Per image and group, C[Og, OH*OW] = W[Og, K] @ col[K, OH*OW]
+with K = (C/groups)*KH*KW, summed in ascending (channel, ky, kx) order.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+
+from ..ops import get_op
+from .emit import I64, memory_type
+from .gemm import dense_loader, gemm_function
+from .loops import emit_loop, emit_nest
+
+DIRECT_MAX_GROUP_CHANNELS = 4  # fewer output channels per group use the direct loop
+
+
+def _c(v):
+    return ir.Constant(I64, v)
+
+
+def im2col_loader(x_dtype, dtype, h, w, kh, kw, stride, padding, dilation, ow):
+    """Loader for the implicit im2col matrix of one image's channel group: row kk is
+    (channel, ky, kx), column j is (oy, ox)."""
+    x_dtype, dtype = np.dtype(x_dtype), np.dtype(dtype)
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+
+    def load(em, base, kk, j):
+        b = em.b
+        ch, r = b.udiv(kk, _c(kh * kw)), b.urem(kk, _c(kh * kw))
+        ky, kx = b.udiv(r, _c(kw)), b.urem(r, _c(kw))
+        oy, ox = b.udiv(j, _c(ow)), b.urem(j, _c(ow))
+        iy = b.sub(b.add(b.mul(oy, _c(sh)), b.mul(ky, _c(dh))), _c(ph))
+        ix = b.sub(b.add(b.mul(ox, _c(sw)), b.mul(kx, _c(dw))), _c(pw))
+        # One unsigned compare checks 0 <= i < size.
+        ok_y, ok_x = b.icmp_unsigned("<", iy, _c(h)), b.icmp_unsigned("<", ix, _c(w))
+        iy, ix = b.select(ok_y, iy, _c(0)), b.select(ok_x, ix, _c(0))
+        off = b.add(b.mul(ch, _c(h * w)), b.add(b.mul(iy, _c(w)), ix))
+        v = em.cast(x_dtype, dtype, em.load(x_dtype, base, off))
+        return b.select(b.and_(ok_y, ok_x), v, em.const(dtype, 0))
+
+    return load
+
+
+def lower_conv(kernel, root):
+    """Kernel body of a conv2d node: one implicit GEMM per (image, group)."""
+    g, em, b = kernel.g, kernel.em, kernel.b
+    d = g.nodes[root]
+    x, wt = d["args"]
+    n, c, h, w = g.nodes[x]["shape"]
+    o, cg, kh, kw = g.nodes[wt]["shape"]
+    attrs = d["attrs"]
+    groups = attrs["groups"]
+    _, _, oh, ow = d["shape"]
+    dtype = np.dtype(d["dtype"])
+    x_dtype, w_dtype = g.nodes[x]["dtype"], g.nodes[wt]["dtype"]
+    out = kernel.pointers[root]
+    p, k, og = oh * ow, cg * kh * kw, o // groups
+    if n * o * p == 0:
+        return
+    if k == 0:
+        emit_loop(b, math.prod(d["shape"]), lambda i: em.store(dtype, em.const(dtype, 0), out, i))
+        return
+    if og < DIRECT_MAX_GROUP_CHANNELS:
+        _direct_conv(kernel, root)
+        return
+    fn = gemm_function(
+        b.module, f"{b.function.name}.gemm", dtype, dense_loader(w_dtype, dtype, k),
+        im2col_loader(x_dtype, dtype, h, w, kh, kw, attrs["stride"], attrs["padding"],
+                      attrs["dilation"], ow))
+
+    def at(ptr, elem_dtype, offset):
+        return b.gep(ptr, [offset], source_etype=memory_type(elem_dtype), inbounds=True)
+
+    def one(idx):
+        ni, gi = idx
+        a_ptr = at(kernel.pointers[wt], w_dtype, b.mul(gi, _c(og * k)))
+        x_off = b.mul(b.add(b.mul(ni, _c(c)), b.mul(gi, _c(cg))), _c(h * w))
+        c_off = b.mul(b.add(b.mul(ni, _c(o)), b.mul(gi, _c(og))), _c(p))
+        b.call(fn, [a_ptr, at(kernel.pointers[x], x_dtype, x_off), at(out, dtype, c_off),
+                    _c(og), _c(p), _c(k), em.status_ptr])
+
+    emit_nest(b, (n, groups), one, "conv")
+
+
+def _direct_conv(kernel, root):
+    """conv2d as a loop over outputs and their windows: for few output channels per group
+    (depthwise convolutions) the GEMM's MR-row tiles would be mostly padding. Same summation
+    order as the GEMM path: 0, then ascending (channel, ky, kx)."""
+    g, em, b = kernel.g, kernel.em, kernel.b
+    d = g.nodes[root]
+    x, wt = d["args"]
+    _, c, h, w = g.nodes[x]["shape"]
+    o, cg, kh, kw = g.nodes[wt]["shape"]
+    attrs = d["attrs"]
+    (sh, sw), (ph, pw), (dh, dw) = attrs["stride"], attrs["padding"], attrs["dilation"]
+    og = o // attrs["groups"]
+    dtype = np.dtype(d["dtype"])
+    x_dtype, w_dtype = g.nodes[x]["dtype"], g.nodes[wt]["dtype"]
+    xs, ws, out = kernel.pointers[x], kernel.pointers[wt], kernel.pointers[root]
+    zero = em.const(dtype, 0)
+    acc_slot = b.alloca(zero.type, name="conv_acc")
+
+    def body(idx):
+        ni, oi, oy, ox = idx
+        gi = b.udiv(oi, _c(og))
+        b.store(zero, acc_slot)
+
+        def tap(ci, ky, kx):
+            iy = b.sub(b.add(b.mul(oy, _c(sh)), b.mul(ky, _c(dh))), _c(ph))
+            ix = b.sub(b.add(b.mul(ox, _c(sw)), b.mul(kx, _c(dw))), _c(pw))
+            ok_y, ok_x = b.icmp_unsigned("<", iy, _c(h)), b.icmp_unsigned("<", ix, _c(w))
+            chan = b.add(b.mul(ni, _c(c)), b.add(b.mul(gi, _c(cg)), ci))
+            off = b.add(b.mul(chan, _c(h * w)), b.add(b.mul(b.select(ok_y, iy, _c(0)), _c(w)),
+                                                       b.select(ok_x, ix, _c(0))))
+            xv = em.cast(x_dtype, dtype, em.load(x_dtype, xs, off))
+            xv = b.select(b.and_(ok_y, ok_x), xv, zero)
+            wv = em.cast(w_dtype, dtype, em.load(w_dtype, ws, em.linearize([oi, ci, ky, kx],
+                                                                           (o, cg, kh, kw))))
+            b.store(em.add(dtype, b.load(acc_slot, typ=zero.type), em.mul(dtype, xv, wv)),
+                    acc_slot)
+
+        emit_nest(b, (cg, kh, kw), lambda t: tap(*t), "tap")
+        em.store(dtype, b.load(acc_slot, typ=zero.type), out, em.linearize(idx, d["shape"]))
+
+    emit_nest(b, d["shape"], body, "conv", outer=kernel.outer)
+
+
+def lower_pool(kernel, root):
+    """Kernel body of max_pool2d / avg_pool2d: a loop over each output's window."""
+    g, em, b = kernel.g, kernel.em, kernel.b
+    d = g.nodes[root]
+    (x,) = d["args"]
+    _, _, h, w = g.nodes[x]["shape"]
+    dtype = np.dtype(d["dtype"])
+    attrs = d["attrs"]
+    (kh, kw), (sh, sw), (ph, pw) = attrs["kernel_size"], attrs["stride"], attrs["padding"]
+    is_max = d["op"] == "max_pool2d"
+    maximum = get_op("maximum").lower
+    src, out = kernel.pointers[x], kernel.pointers[root]
+    ty = em.const(dtype, 0).type
+    lowest = -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
+    acc_slot = b.alloca(ty, name="pool_acc")
+
+    def body(idx):
+        ni, ci, oy, ox = idx
+        base = b.mul(b.add(b.mul(ni, _c(d["shape"][1])), ci), _c(h * w))
+        b.store(em.const(dtype, lowest if is_max else 0), acc_slot)
+
+        def cell(ky, kx):
+            iy = b.sub(b.add(b.mul(oy, _c(sh)), ky), _c(ph))
+            ix = b.sub(b.add(b.mul(ox, _c(sw)), kx), _c(pw))
+            ok_y, ok_x = b.icmp_unsigned("<", iy, _c(h)), b.icmp_unsigned("<", ix, _c(w))
+            ok = b.and_(ok_y, ok_x)
+            off = b.add(base, b.add(b.mul(b.select(ok_y, iy, _c(0)), _c(w)),
+                                    b.select(ok_x, ix, _c(0))))
+            v = em.load(dtype, src, off)
+            acc = b.load(acc_slot, typ=ty)
+            if is_max:
+                new = b.select(ok, maximum(em, dtype, acc, v), acc)
+            else:
+                new = em.add(dtype, acc, b.select(ok, v, em.const(dtype, 0)))
+            b.store(new, acc_slot)
+
+        emit_loop(b, kh, lambda ky: emit_loop(b, kw, lambda kx: cell(ky, kx), "kx"), "ky")
+        result = b.load(acc_slot, typ=ty)
+        if not is_max:
+            result = em.div(dtype, result, em.const(dtype, kh * kw))
+        em.store(dtype, result, out, em.linearize(idx, d["shape"]))
+
+    emit_nest(b, d["shape"], body, "pool", outer=kernel.outer)
