@@ -149,3 +149,20 @@ def test_control_flow_under_threads():
     f = compile(out, num_threads=2)
     data = np.linspace(-3, 3, 300_000)
     np.testing.assert_allclose(f(data), evaluate(out, x=data), rtol=1e-12)
+
+
+def test_constants_fold_into_branches_and_loops():
+    x = Variable("x", (3,), "float64")
+    k = sg.Constant(2.0) + sg.Constant(1.0)  # folds to 3.0 outside, then flows into the bodies
+    y = sg.cond(x.sum() > 0, lambda v, c: v * c, lambda v, c: v - c, x, k)
+    (z,) = sg.while_loop(lambda v: v.sum() < 100, lambda v: v * (k + k), y)
+    f = compile(z)
+    control = [d for _, d in f.graph.nodes(data=True) if d["op"] in ("cond", "while")]
+    for d in control:
+        for body in d["attrs"]["bodies"]:
+            ops = {bd["op"] for _, bd in body.nodes(data=True)}
+            assert "add" not in ops  # k + k became a constant inside the loop body
+    consts = [bd["attrs"]["value"] for d in control for body in d["attrs"]["bodies"]
+              for _, bd in body.nodes(data=True) if bd["op"] == "const"]
+    assert any(np.array_equal(c, 3.0) for c in consts) and any(np.array_equal(c, 6.0) for c in consts)
+    np.testing.assert_array_equal(f(np.ones(3)), evaluate(z, x=np.ones(3)))
