@@ -24,13 +24,13 @@ import numpy as np
 from llvmlite import ir
 
 from .emit import I1, I32, I64, PTR, Emitter, memory_type, register_type
-from .loops import emit_loop
+from .loops import emit_loop, emit_nest
 
 GEMM_USE_FMA = False
 GEMM_MIN_WORK = 16 * 16 * 16  # m*n*k below which the loop nest is as fast; 0 forces the GEMM
-GEMM_MIN_ROWS = 2  # fewer rows of A (after folding batch axes) stay on the loop nest
+GEMM_MIN_ROWS = 2  # products with fewer rows of A stay on the loop nest
 GEMM_VECTOR_BYTES = None  # force a SIMD width in bytes (64, 32 or 16) instead of the host's
-ERR_NO_MEMORY = 2
+ERR_NO_MEMORY = 2  # the status code kernel.py uses too
 
 
 def simd_bytes() -> int:
@@ -90,7 +90,9 @@ def _aligned(b, raw, align=64):
 def gemm_function(module, name, dtype, load_a, load_b, vector_bytes=None):
     """The internal function ``void NAME(ptr A, ptr B, ptr C, i64 M, i64 N, i64 K, ptr status)``
     computing C[M, N] (row-major, contiguous) = A @ B through the loaders; K must be > 0.
-    Reused when the module already has it."""
+    Reused when the module already has it. A B loader may also pack a whole NR-column sliver
+    itself: then it has ``setup(em, nr)`` (run in the entry block, for its scratch) and
+    ``pack_sliver(em, base, dst, k0, kc, j0, n, nr)``."""
     existing = module.globals.get(name)
     if existing is not None:
         return existing
@@ -126,6 +128,8 @@ def gemm_function(module, name, dtype, load_a, load_b, vector_bytes=None):
     pack_b = _aligned(b, raw)
     pack_a = _aligned(b, b.gep(pack_b, [b_bytes], source_etype=ir.IntType(8)))
     tile = b.alloca(ty, size=_const(mr * nr), name="edge_tile")
+    if hasattr(load_b, "setup"):
+        load_b.setup(em, nr)
     zero = ir.Constant(ty, 0.0)
 
     def at(base, offset):
@@ -161,8 +165,10 @@ def gemm_function(module, name, dtype, load_a, load_b, vector_bytes=None):
             def pack_b_sliver(js):
                 j0 = b.add(jc, b.mul(js, _const(nr)))
                 dst = at(pack_b, b.mul(js, b.mul(kc, _const(nr))))
-                pack(dst, kc, nr, n, j0, pc,
-                     lambda j, kk: load_b(em, b_ptr, kk, j))
+                if hasattr(load_b, "pack_sliver"):
+                    load_b.pack_sliver(em, b_ptr, dst, pc, kc, j0, n, nr)
+                else:
+                    pack(dst, kc, nr, n, j0, pc, lambda j, kk: load_b(em, b_ptr, kk, j))
 
             emit_loop(b, _ceil_div(b, nc, nr), pack_b_sliver, "js")
 
@@ -318,29 +324,25 @@ def uses_gemm(dtype, m, n, k) -> bool:
     return m * n * k >= GEMM_MIN_WORK and (m >= GEMM_MIN_ROWS or GEMM_MIN_WORK == 0)
 
 
-__all__ = ["GEMM_USE_FMA", "GEMM_MIN_WORK", "blocking", "dense_loader", "gemm_function",
-           "simd_bytes", "uses_gemm", "memory_type"]
-
-
 def emit_matmul(em, a_ptr, b_ptr, c_ptr, batch, a2, b2, a_dtype, b_dtype, dtype):
     """Batched matmul of contiguous operands (1-d ones already promoted to 2-d shapes a2/b2)
     into contiguous C of shape batch + (m, n), one GEMM call per batch element. When only A
     has batch axes, they fold into M: one GEMM of (batch*m) x n."""
-    from .kernel import broadcast_index  # late: kernel.py imports this module
-    from .loops import emit_nest
-
     b = em.b
     m, k, n = a2[-2], a2[-1], b2[-1]
     a_batch, b_batch = tuple(a2[:-2]), tuple(b2[:-2])
     if a_batch == tuple(batch) and all(s == 1 for s in b_batch):
         m, batch, a_batch, b_batch = m * int(np.prod(batch, dtype=np.int64)), (), (), ()
-    name = f"gemm.{np.dtype(dtype).name}.{np.dtype(a_dtype).name}.{np.dtype(b_dtype).name}.k{k}.n{n}"
+    names = ".".join(np.dtype(t).name for t in (dtype, a_dtype, b_dtype))
+    name = f"gemm.{names}.k{k}.n{n}"  # the loaders bake in the row strides k and n
     fn = gemm_function(b.module, name, dtype, dense_loader(a_dtype, dtype, k),
                        dense_loader(b_dtype, dtype, n))
 
     def one(bidx):
         def offset(ptr, shape, mat, elem_dtype):
-            flat = em.linearize(broadcast_index(bidx, batch, shape, em), shape)
+            lead = len(batch) - len(shape)  # numpy broadcasting: size-1 axes read index 0
+            index = [_const(0) if s == 1 else bidx[lead + i] for i, s in enumerate(shape)]
+            flat = em.linearize(index, shape)
             return b.gep(ptr, [b.mul(flat, _const(mat))], source_etype=memory_type(elem_dtype),
                          inbounds=True)
 
@@ -349,3 +351,7 @@ def emit_matmul(em, a_ptr, b_ptr, c_ptr, batch, a2, b2, a_dtype, b_dtype, dtype)
                     em.status_ptr])
 
     emit_nest(b, tuple(batch), one, "gb")
+
+
+__all__ = ["GEMM_USE_FMA", "GEMM_MIN_WORK", "blocking", "dense_loader", "emit_matmul",
+           "gemm_function", "simd_bytes", "uses_gemm"]

@@ -24,27 +24,73 @@ def _c(v):
     return ir.Constant(I64, v)
 
 
-def im2col_loader(x_dtype, dtype, h, w, kh, kw, stride, padding, dilation, ow):
-    """Loader for the implicit im2col matrix of one image's channel group: row kk is
-    (channel, ky, kx), column j is (oy, ox)."""
-    x_dtype, dtype = np.dtype(x_dtype), np.dtype(dtype)
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+class Im2colLoader:
+    """The implicit im2col matrix of one image's channel group: row kk is (channel, ky, kx),
+    column j is (oy, ox); reads outside the image are zero. It packs whole NR-column slivers
+    for the GEMM: each column's window origin is tabulated first, so the per-element work
+    is two adds, one bounds check and a load (no divisions)."""
 
-    def load(em, base, kk, j):
-        b = em.b
+    def __init__(self, x_dtype, dtype, h, w, kh, kw, stride, padding, dilation, ow):
+        self.x_dtype, self.dtype = np.dtype(x_dtype), np.dtype(dtype)
+        self.h, self.w, self.kh, self.kw, self.ow = h, w, kh, kw, ow
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+
+    def _tap(self, b, kk):
+        """(channel offset, ky*dh, kx*dw) of im2col row kk."""
+        kh, kw = self.kh, self.kw
         ch, r = b.udiv(kk, _c(kh * kw)), b.urem(kk, _c(kh * kw))
         ky, kx = b.udiv(r, _c(kw)), b.urem(r, _c(kw))
-        oy, ox = b.udiv(j, _c(ow)), b.urem(j, _c(ow))
-        iy = b.sub(b.add(b.mul(oy, _c(sh)), b.mul(ky, _c(dh))), _c(ph))
-        ix = b.sub(b.add(b.mul(ox, _c(sw)), b.mul(kx, _c(dw))), _c(pw))
-        # One unsigned compare checks 0 <= i < size.
-        ok_y, ok_x = b.icmp_unsigned("<", iy, _c(h)), b.icmp_unsigned("<", ix, _c(w))
-        iy, ix = b.select(ok_y, iy, _c(0)), b.select(ok_x, ix, _c(0))
-        off = b.add(b.mul(ch, _c(h * w)), b.add(b.mul(iy, _c(w)), ix))
-        v = em.cast(x_dtype, dtype, em.load(x_dtype, base, off))
-        return b.select(b.and_(ok_y, ok_x), v, em.const(dtype, 0))
+        return (b.mul(ch, _c(self.h * self.w)), b.mul(ky, _c(self.dilation[0])),
+                b.mul(kx, _c(self.dilation[1])))
 
-    return load
+    def _origin(self, b, j):
+        """(oy*sh - ph, ox*sw - pw) of im2col column j."""
+        oy, ox = b.udiv(j, _c(self.ow)), b.urem(j, _c(self.ow))
+        return (b.sub(b.mul(oy, _c(self.stride[0])), _c(self.padding[0])),
+                b.sub(b.mul(ox, _c(self.stride[1])), _c(self.padding[1])))
+
+    def _read(self, em, base, chan, iy, ix):
+        b = em.b
+        # One unsigned compare checks 0 <= i < size.
+        ok = b.and_(b.icmp_unsigned("<", iy, _c(self.h)), b.icmp_unsigned("<", ix, _c(self.w)))
+        off = b.add(chan, b.select(ok, b.add(b.mul(iy, _c(self.w)), ix), _c(0)))
+        v = em.cast(self.x_dtype, self.dtype, em.load(self.x_dtype, base, off))
+        return b.select(ok, v, em.const(self.dtype, 0))
+
+    def setup(self, em, nr):
+        self.table = em.b.alloca(I64, size=_c(2 * nr), name="im2col_origins")
+
+    def pack_sliver(self, em, base, dst, k0, kc, j0, n, nr):
+        b = em.b
+        table = self.table
+        mem = memory_type(self.dtype)
+        far = _c(-(1 << 40))  # columns past n read nothing: every tap stays out of bounds
+
+        def slot(i):
+            return b.gep(table, [i], source_etype=I64, inbounds=True)
+
+        def column(r):
+            j = b.add(j0, r)
+            valid = b.icmp_signed("<", j, n)
+            y0, x0 = self._origin(b, b.select(valid, j, _c(0)))
+            b.store(b.select(valid, y0, far), slot(r))
+            b.store(x0, slot(b.add(r, _c(nr))))
+
+        emit_loop(b, nr, column, "col")
+
+        def row(o):
+            chan, dy, dx = self._tap(b, b.add(k0, o))
+
+            def cell(r):
+                iy = b.add(b.load(slot(r), typ=I64), dy)
+                ix = b.add(b.load(slot(b.add(r, _c(nr))), typ=I64), dx)
+                v = self._read(em, base, chan, iy, ix)
+                dst_at = b.gep(dst, [b.add(b.mul(o, _c(nr)), r)], source_etype=mem, inbounds=True)
+                b.store(v, dst_at)
+
+            emit_loop(b, nr, cell, "cell")
+
+        emit_loop(b, kc, row, "row")
 
 
 def lower_conv(kernel, root):
@@ -71,8 +117,8 @@ def lower_conv(kernel, root):
         return
     fn = gemm_function(
         b.module, f"{b.function.name}.gemm", dtype, dense_loader(w_dtype, dtype, k),
-        im2col_loader(x_dtype, dtype, h, w, kh, kw, attrs["stride"], attrs["padding"],
-                      attrs["dilation"], ow))
+        Im2colLoader(x_dtype, dtype, h, w, kh, kw, attrs["stride"], attrs["padding"],
+                     attrs["dilation"], ow))
 
     def at(ptr, elem_dtype, offset):
         return b.gep(ptr, [offset], source_etype=memory_type(elem_dtype), inbounds=True)

@@ -110,7 +110,8 @@ def _pool_rule(name):
         oh = out_size(shape[2], kernel[0], stride[0], padding[0])
         ow = out_size(shape[3], kernel[1], stride[1], padding[1])
         if oh < 0 or ow < 0:
-            raise ShapeError(f"{name}: kernel {kernel} is larger than the padded input {tuple(shape)}")
+            raise ShapeError(f"{name}: kernel {kernel} is larger than the padded input "
+                             f"{tuple(shape)}")
         dtype = _strong(dtype)
         if name == "avg_pool2d" and dtype.kind != "f":
             raise DTypeError(f"avg_pool2d needs a float input, got {dtype}",
