@@ -91,10 +91,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--llvm-opt", action="store_true",
                    help="print the LLVM IR before and after optimization")
     p.add_argument("--asm", action="store_true", help="print the machine code (assembly)")
+    p.add_argument("--target", choices=("cpu", "cuda"), default="cpu",
+                   help="code generation target (cpu); cuda makes PTX, no GPU needed")
+    p.add_argument("--arch", default=None, metavar="SM", help="CUDA architecture (sm_80)")
+    p.add_argument("--ptx", action="store_true", help="print the PTX (with --target cuda)")
     p.add_argument("--opt-level", type=int, default=2, metavar="N", help="optimization level (2)")
     p.add_argument("--disable", action="append", default=[], metavar="PASS",
                    help="switch an optimizing pass off (repeatable)")
     p.set_defaults(run=dump_graph)
+    e = sub.add_parser(
+        "export", help="write a model as a C shared library (libNAME.so) and header (NAME.h)",
+        description=(
+            "Compile module-level expressions of MODEL (run like `python MODEL`, so only "
+            "export files you trust) and write libNAME.so and NAME.h into DIR. Every input "
+            "needs a declared shape and dtype. See docs/deployment.md for the C interface."),
+        epilog="example:\n  symgraph export model.py -o build --name model --output y",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("model", metavar="MODEL", help="Python file building expressions")
+    e.add_argument("-o", "--out-dir", required=True, metavar="DIR", help="output directory")
+    e.add_argument("--name", help="library and C symbol prefix (default: MODEL's file name)")
+    e.add_argument("--output", action="append", default=[], metavar="X",
+                   help="module-level expression to export (repeatable; default: the sinks)")
+    e.add_argument("--cpu", default=None,
+                   help="target CPU: the baseline (default, x86-64-v3 on x86), 'native', or "
+                        "an LLVM CPU name")
+    e.add_argument("--opt-level", type=int, default=2, metavar="N", help="optimization level (2)")
+    e.add_argument("--disable", action="append", default=[], metavar="PASS",
+                   help="switch an optimizing pass off (repeatable)")
+    e.set_defaults(run=export_model)
     return parser
 
 
@@ -293,6 +317,18 @@ def dump_graph(args, out):
             raise CLIError(f"{' '.join(wanted)} needs types for input(s) {needs}: {note}")
         render_single(args, g, "unspecialized", out, header, note)
         return
+    if args.ptx or args.target == "cuda":
+        from .runtime.compiled import compile as compile_
+
+        if not args.ptx:
+            raise CLIError("--target cuda shows the PTX: add --ptx")
+        if args.graph:
+            raise CLIError("--ptx needs a MODEL file")
+        f = compile_(list(subject.outputs), inputs=subject.variables, opt_level=args.opt_level,
+                     disable=tuple(args.disable), target="cuda", arch=args.arch)
+        ins = [types[n] for n in f.inputs]
+        out.write(f._specialize(ins, _contiguous_key(ins)).program.ptx.rstrip() + "\n")
+        return
     t = insp.trace(to_graph(subject.outputs, subject.variables), types, subject.passes)
     if args.passes:
         out.write(passes_text(t) + "\n")
@@ -429,3 +465,18 @@ def render(dot_text, fmt, path):
     if done.returncode != 0:
         raise CLIError(f"dot failed (exit {done.returncode}): "
                        f"{done.stderr.decode(errors='replace').strip()[:500]}")
+
+
+def export_model(args, out):
+    """``symgraph export``: outputs are named after their module-level names in the header."""
+    from .runtime.compiled import compile as compile_
+
+    subject = load_model(args)
+    name = args.name
+    if name is None:
+        stem = os.path.splitext(os.path.basename(args.model))[0]
+        name = re.sub(r"\W", "_", stem) if stem and not stem[0].isdigit() else f"model_{stem}"
+    f = compile_(dict(zip(subject.names, subject.outputs)), inputs=subject.variables,
+                 opt_level=args.opt_level, disable=tuple(args.disable))
+    library, header = f.export(args.out_dir, name=name, cpu=args.cpu)
+    out.write(f"wrote {library}\nwrote {header}\n")

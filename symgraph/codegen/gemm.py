@@ -324,15 +324,26 @@ def uses_gemm(dtype, m, n, k) -> bool:
     return m * n * k >= GEMM_MIN_WORK and (m >= GEMM_MIN_ROWS or GEMM_MIN_WORK == 0)
 
 
-def emit_matmul(em, a_ptr, b_ptr, c_ptr, batch, a2, b2, a_dtype, b_dtype, dtype):
+def folded_rows(batch, a2, b2):
+    """The GEMM's row count when A's batch axes fold into M (B has none), else None."""
+    a_batch, b_batch = tuple(a2[:-2]), tuple(b2[:-2])
+    if a_batch == tuple(batch) and all(s == 1 for s in b_batch):
+        return a2[-2] * int(np.prod(batch, dtype=np.int64))
+    return None
+
+
+def emit_matmul(em, a_ptr, b_ptr, c_ptr, batch, a2, b2, a_dtype, b_dtype, dtype, rows=None):
     """Batched matmul of contiguous operands (1-d ones already promoted to 2-d shapes a2/b2)
     into contiguous C of shape batch + (m, n), one GEMM call per batch element. When only A
-    has batch axes, they fold into M: one GEMM of (batch*m) x n."""
+    has batch axes, they fold into M: one GEMM of (batch*m) x n. With `rows=(lo, hi)` (only
+    then) this call computes just those rows of the folded product: one thread's share, in
+    the same summation order as the whole."""
     b = em.b
     m, k, n = a2[-2], a2[-1], b2[-1]
     a_batch, b_batch = tuple(a2[:-2]), tuple(b2[:-2])
-    if a_batch == tuple(batch) and all(s == 1 for s in b_batch):
-        m, batch, a_batch, b_batch = m * int(np.prod(batch, dtype=np.int64)), (), (), ()
+    folded = folded_rows(batch, a2, b2)
+    if folded is not None:
+        m, batch, a_batch, b_batch = folded, (), (), ()
     names = ".".join(np.dtype(t).name for t in (dtype, a_dtype, b_dtype))
     name = f"gemm.{names}.k{k}.n{n}"  # the loaders bake in the row strides k and n
     fn = gemm_function(b.module, name, dtype, dense_loader(a_dtype, dtype, k),
@@ -346,12 +357,21 @@ def emit_matmul(em, a_ptr, b_ptr, c_ptr, batch, a2, b2, a_dtype, b_dtype, dtype)
             return b.gep(ptr, [b.mul(flat, _const(mat))], source_etype=memory_type(elem_dtype),
                          inbounds=True)
 
-        b.call(fn, [offset(a_ptr, a_batch, m * k, a_dtype), offset(b_ptr, b_batch, k * n, b_dtype),
-                    offset(c_ptr, tuple(batch), m * n, dtype), _const(m), _const(n), _const(k),
-                    em.status_ptr])
+        a_at = offset(a_ptr, a_batch, m * k, a_dtype)
+        c_at = offset(c_ptr, tuple(batch), m * n, dtype)
+        count = _const(m)
+        if rows is not None:
+            lo, hi = rows
+            a_at = b.gep(a_at, [b.mul(lo, _const(k))], source_etype=memory_type(a_dtype))
+            c_at = b.gep(c_at, [b.mul(lo, _const(n))], source_etype=memory_type(dtype))
+            count = b.sub(hi, lo)
+        b.call(fn, [a_at, offset(b_ptr, b_batch, k * n, b_dtype), c_at, count, _const(n),
+                    _const(k), em.status_ptr])
 
+    if rows is not None and batch:
+        raise ValueError("a row range needs the batch folded into M")
     emit_nest(b, tuple(batch), one, "gb")
 
 
-__all__ = ["GEMM_USE_FMA", "GEMM_MIN_WORK", "blocking", "dense_loader", "emit_matmul",
+__all__ = ["GEMM_USE_FMA", "GEMM_MIN_WORK", "blocking", "dense_loader", "emit_matmul", "folded_rows",
            "gemm_function", "simd_bytes", "uses_gemm"]

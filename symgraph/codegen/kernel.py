@@ -23,14 +23,15 @@ from ..ops import get_op
 from ..ops.control import ERR_MAX_ITERS, control_layout
 from ..ops.indexing import ERR_INDEX_OUT_OF_RANGE
 from .emit import I8, I32, I64, PTR, Emitter, memory_type, register_type
-from .gemm import emit_matmul, uses_gemm
+from .gemm import emit_matmul, folded_rows, uses_gemm
 from .loops import emit_loop, emit_nest
 from .nn import lower_conv, lower_pool
 
 ERR_NO_MEMORY = 2
 ERR_NONFINITE_BASE = 16  # status 16 + k: check site k went non-finite (check_finite)
 NO_CHECK_FAILED = (1 << 62)
-PARALLEL_MIN_ELEMENTS = 1 << 17  # below this, starting threads costs more than it saves
+PARALLEL_MIN_ELEMENTS = 1 << 17
+PARALLEL_MIN_FLOPS = 1 << 22  # multiply-adds below which a matmul stays on one thread  # below this, starting threads costs more than it saves
 PARTIAL_SUM_BYTES = 256  # reduction lanes: four 512-bit registers of independent partial sums
 
 
@@ -399,6 +400,19 @@ class GraphLowering:
                 extent, mode = work, "partials"
             else:
                 return None
+        elif kind == "matmul":
+            a, bb = d["args"]
+            a_shape, b_shape = g.nodes[a]["shape"], g.nodes[bb]["shape"]
+            a2 = (1,) + a_shape if len(a_shape) == 1 else a_shape
+            b2 = b_shape + (1,) if len(b_shape) == 1 else b_shape
+            batch = d["shape"][: len(d["shape"]) - (len(a_shape) > 1) - (len(b_shape) > 1)]
+            rows = folded_rows(batch, a2, b2)
+            if rows is None or not uses_gemm(d["dtype"], a2[-2], b2[-1], a2[-1]):
+                return None
+            # Threads split the rows; each packs its own copy of B, so chunks must be tall.
+            if rows < 32 or rows * a2[-1] * b2[-1] < PARALLEL_MIN_FLOPS:
+                return None
+            return rows, "outer"
         else:
             return None
         if work < PARALLEL_MIN_ELEMENTS or extent < 2:
@@ -818,7 +832,7 @@ class _KernelBody:
         a_dtype, b_dtype = g.nodes[a]["dtype"], g.nodes[bb]["dtype"]
         if uses_gemm(dtype, m, n, k) and a not in self.members and bb not in self.members:
             emit_matmul(em, self.pointers[a], self.pointers[bb], ptr, batch, a2, b2,
-                        a_dtype, b_dtype, dtype)
+                        a_dtype, b_dtype, dtype, rows=self.outer)
             return
 
         def load(node, node_dtype, shape2, index):

@@ -641,7 +641,7 @@ def fast({params}{', ' if params else ''}*, out=None):
                                  meta["workspace_bytes"])
 
 def compile(*outputs, inputs=None, opt_level=2, disable=(), name="symgraph_main", verify=None,
-            num_threads=None, check_finite=False):
+            num_threads=None, check_finite=False, target="cpu", arch=None):
     """Compile expression(s) to native code.
 
     ``compile(y)`` returns a function giving one array; ``compile(x, y)`` a tuple,
@@ -678,5 +678,12 @@ def compile(*outputs, inputs=None, opt_level=2, disable=(), name="symgraph_main"
         raise ArgumentError(f"opt_level must be a non-negative integer, got {opt_level!r}")
     if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
         raise ArgumentError(f"num_threads must be a positive integer, got {num_threads!r}")
+    if target == "cuda":  # PTX through LLVM's NVPTX backend; see docs/cuda.md
+        from .cuda import CudaFunction
+
+        return CudaFunction(structure, variables, arch=arch, opt_level=opt_level,
+                            disable=disable, name=name, verify=verify, check_finite=check_finite)
+    if target != "cpu":
+        raise ArgumentError(f"unknown target {target!r}; targets: 'cpu', 'cuda'")
     return CompiledFunction(structure, variables, opt_level=opt_level, disable=disable, name=name,
                             verify=verify, num_threads=num_threads, check_finite=check_finite)

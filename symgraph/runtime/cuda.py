@@ -1,0 +1,392 @@
+"""compile(..., target='cuda'): PTX at compile time, kernels launched through the driver API.
+
+Generating PTX needs no GPU. Calling needs the CUDA driver and the cuda-python package
+(``pip install "symgraph[cuda]"``), imported only on the first call: symgraph itself never
+fails to import without them. Each specialization loads its PTX once and allocates its
+device buffers once (workspace, reduction partials, constants, staging for numpy inputs and
+outputs); a call copies numpy inputs in, launches the plan's kernels in order on the default
+stream and copies the outputs back. Arrays that live on the device already (anything with
+``__cuda_array_interface__``: CuPy, PyTorch, Numba) are read in place, and the outputs are
+then returned as `DeviceArray`s without any copy to the host.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..codegen.nvptx import DEFAULT_ARCH, Copy, lower_graph_ptx, normalize_arch
+from ..errors import ArgumentError, CompileError, DTypeError, ExecutionError
+from ..infer import specialize
+from .compiled import CompiledFunction, Executable, _contiguous_key, _fail, prepare_input
+
+INSTALL_HINT = 'install the driver bindings with: pip install "symgraph[cuda]"'
+
+
+# --- the driver ---------------------------------------------------------------------------------
+
+class _Driver:
+    """The CUDA driver on device 0 with its primary context, set up on first use."""
+
+    _instance = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def get(cls) -> "_Driver":
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    def __init__(self):
+        try:
+            from cuda.bindings import driver
+        except ImportError:
+            raise ExecutionError("target='cuda' needs the cuda-python package to run kernels",
+                                 hint=INSTALL_HINT) from None
+        self.cu = driver
+        try:
+            self.check(driver.cuInit(0), "cuInit")
+        except ExecutionError:
+            raise
+        except Exception as exc:  # the bindings raise when libcuda itself is missing
+            raise ExecutionError(f"no CUDA driver: {exc}",
+                                 hint="target='cuda' calls need an NVIDIA GPU and its driver; "
+                                      "compiling (f.ptx) works without one") from None
+        count = self.check(driver.cuDeviceGetCount(), "cuDeviceGetCount")
+        if count < 1:
+            raise ExecutionError("no CUDA device found",
+                                 hint="compiling (f.ptx) works without one; calls need a GPU")
+        self.device = self.check(driver.cuDeviceGet(0), "cuDeviceGet")
+        self.context = self.check(driver.cuDevicePrimaryCtxRetain(self.device),
+                                  "cuDevicePrimaryCtxRetain")
+        self.activate()
+        attr = driver.CUdevice_attribute
+        major = self.check(driver.cuDeviceGetAttribute(
+            attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, self.device), "cuDeviceGetAttribute")
+        minor = self.check(driver.cuDeviceGetAttribute(
+            attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, self.device), "cuDeviceGetAttribute")
+        self.arch = f"sm_{major}{minor}"
+
+    def activate(self):
+        self.check(self.cu.cuCtxSetCurrent(self.context), "cuCtxSetCurrent")
+
+    def check(self, result, what):
+        err, *values = result if isinstance(result, tuple) else (result,)
+        if int(err) != 0:
+            _, name = self.cu.cuGetErrorName(err)
+            raise ExecutionError(f"CUDA driver call {what} failed: "
+                                 f"{name.decode() if isinstance(name, bytes) else name}")
+        return values[0] if len(values) == 1 else (tuple(values) or None)
+
+    def alloc(self, nbytes: int) -> int:
+        return int(self.check(self.cu.cuMemAlloc(max(int(nbytes), 8)), "cuMemAlloc"))
+
+    def free(self, ptr: int) -> None:
+        self.cu.cuMemFree(self.cu.CUdeviceptr(ptr))
+
+    def to_device(self, ptr: int, array: np.ndarray) -> None:
+        if array.nbytes:
+            self.check(self.cu.cuMemcpyHtoD(self.cu.CUdeviceptr(ptr), array.ctypes.data,
+                                            array.nbytes), "cuMemcpyHtoD")
+
+    def to_host(self, array: np.ndarray, ptr: int) -> None:
+        if array.nbytes:
+            self.check(self.cu.cuMemcpyDtoH(array.ctypes.data, self.cu.CUdeviceptr(ptr),
+                                            array.nbytes), "cuMemcpyDtoH")
+
+    def copy(self, dst: int, src: int, nbytes: int) -> None:
+        if nbytes:
+            self.check(self.cu.cuMemcpyDtoD(self.cu.CUdeviceptr(dst), self.cu.CUdeviceptr(src),
+                                            nbytes), "cuMemcpyDtoD")
+
+    def launch(self, function, grid: int, block: int, pointers) -> None:
+        values = np.array(pointers, dtype=np.uint64)
+        slots = np.array([values.ctypes.data + 8 * i for i in range(len(values))], dtype=np.uint64)
+        self.check(self.cu.cuLaunchKernel(function, grid, 1, 1, block, 1, 1, 0,
+                                          self.cu.CUstream(0), slots.ctypes.data, 0),
+                   "cuLaunchKernel")
+
+
+def device_arch():
+    """The compute capability of device 0 ('sm_90'), or None without a usable GPU."""
+    try:
+        return _Driver.get().arch
+    except ExecutionError:
+        return None
+
+
+# --- device arrays ------------------------------------------------------------------------------
+
+class DeviceArray:
+    """An output in device memory (when the inputs were device arrays); readable by CuPy,
+    PyTorch or Numba through ``__cuda_array_interface__``, or copied back with ``numpy()``."""
+
+    def __init__(self, ptr: int, shape, dtype, driver=None):
+        self.ptr, self.shape, self.dtype = int(ptr), tuple(shape), np.dtype(dtype)
+        self._driver = driver
+
+    @property
+    def __cuda_array_interface__(self):
+        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False),
+                "strides": None, "version": 3}
+
+    def numpy(self) -> np.ndarray:
+        out = np.empty(self.shape, self.dtype)
+        self._driver.to_host(out, self.ptr)
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.numpy()
+        return out if dtype is None else out.astype(dtype)
+
+    def __del__(self):
+        if self._driver is not None:
+            try:
+                self._driver.free(self.ptr)
+            except Exception:
+                pass
+
+    def __repr__(self):
+        return f"DeviceArray(shape={self.shape}, dtype={self.dtype})"
+
+
+class _DeviceInput:
+    """An input that already lives on the device, described by __cuda_array_interface__."""
+
+    def __init__(self, name, value):
+        cai = value.__cuda_array_interface__
+        self.shape = tuple(cai["shape"])
+        self.dtype = np.dtype(cai["typestr"])
+        self.ptr = int(cai["data"][0] or 0)
+        strides = cai.get("strides")
+        if strides is not None:
+            expected = _contiguous_key([(self.shape, self.dtype)])[2]
+            if tuple(strides) != expected and np.prod(self.shape) > 1:
+                raise ArgumentError(f"input {name!r} is a non-contiguous device array",
+                                    hint="make it contiguous first (e.g. cupy.ascontiguousarray)")
+        if self.dtype.kind not in "bif" or self.dtype.byteorder == ">":
+            raise DTypeError(f"input {name!r}: unsupported device array dtype {self.dtype}")
+
+
+# --- the compiled function ------------------------------------------------------------------------
+
+class _Library:
+    """What CompiledFunction's llvm_ir / asm read: the NVPTX module and its PTX."""
+
+    def __init__(self, program):
+        self.llvm_ir = program.llvm_ir
+        self.asm = program.ptx
+
+
+class CudaExecutable(Executable):
+    """One specialization's PTX, launch plan and (after the first call) device state."""
+
+    def __init__(self, g, pass_log, program, out_types, stages):
+        super().__init__(g, pass_log, _Library(program), None, out_types, stages)
+        self.program = program
+        self.device = None  # _DeviceState, made on the first call
+        self.call_lock = threading.Lock()
+
+
+class _DeviceState:
+    """The loaded module and the buffers allocated once per plan."""
+
+    def __init__(self, driver, exe):
+        g = exe.graph
+        program = exe.program
+        self.driver = driver
+        self.module = driver.check(driver.cu.cuModuleLoadData(program.ptx.encode() + b"\0"),
+                                   "cuModuleLoadData")
+        self.functions = {}
+        for step in program.steps:
+            if not isinstance(step, Copy) and step.kernel not in self.functions:
+                self.functions[step.kernel] = driver.check(
+                    driver.cu.cuModuleGetFunction(self.module, step.kernel.encode()),
+                    "cuModuleGetFunction")
+        self.workspace = driver.alloc(exe.workspace_bytes)
+        self.status = driver.alloc(4)
+        self.scratch = {name: driver.alloc(n) for name, n in program.scratch.items()}
+        self.consts = {}
+        for n in g.nodes:
+            if g.nodes[n]["op"] == "const":
+                data = np.ascontiguousarray(g.nodes[n]["attrs"]["value"])
+                data = data.astype(np.uint8) if data.dtype.kind == "b" else data
+                self.consts[n] = driver.alloc(data.nbytes)
+                driver.to_device(self.consts[n], data)
+        inputs = g.graph["inputs"]
+        var_nodes = {g.nodes[n]["attrs"]["name"]: n for n in g.nodes if g.nodes[n]["op"] == "var"}
+        self.where = {}  # node -> ("in", i) | ("out", j) | ("const", n) | ("ws", offset)
+        for i, name in enumerate(inputs):
+            if name in var_nodes:
+                self.where[var_nodes[name]] = ("in", i)
+        for j, o in enumerate(g.graph["outputs"]):
+            if g.nodes[o].get("kernel") is not None:
+                self.where.setdefault(o, ("out", j))
+        for n in g.nodes:
+            if n in self.consts:
+                self.where[n] = ("const", n)
+            elif "offset" in g.nodes[n]:
+                self.where.setdefault(n, ("ws", g.nodes[n]["offset"]))
+        # Staging buffers for numpy inputs and outputs, reused by every call.
+        self.staged_in = [driver.alloc(_nbytes(t)) for t in exe.in_types]
+        self.staged_out = [driver.alloc(_nbytes(t)) for t in exe.out_types]
+
+    def pointer(self, ref, ins, outs):
+        if ref == "status":
+            return self.status
+        if isinstance(ref, tuple):
+            return self.scratch[ref[1]]
+        kind, where = self.where[ref]
+        if kind == "in":
+            return ins[where]
+        if kind == "out":
+            return outs[where]
+        if kind == "const":
+            return self.consts[where]
+        return self.workspace + where
+
+    def run(self, program, ins, outs):
+        driver = self.driver
+        driver.check(driver.cu.cuMemsetD32(driver.cu.CUdeviceptr(self.status), 0, 1),
+                     "cuMemsetD32")
+        for step in program.steps:
+            if isinstance(step, Copy):
+                driver.copy(outs[step.output], self.pointer(step.source, ins, outs), step.nbytes)
+                continue
+            driver.launch(self.functions[step.kernel], step.grid, step.block,
+                          [self.pointer(r, ins, outs) for r in step.params])
+        status = np.zeros(1, np.int32)
+        driver.to_host(status, self.status)  # synchronizes with the default stream
+        return int(status[0])
+
+
+def _nbytes(t):
+    shape, dtype = t
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+class CudaFunction(CompiledFunction):
+    """The callable compile(..., target='cuda') returns; ``ptx`` holds the generated code."""
+
+    def __init__(self, structure, variables, *, arch=None, **options):
+        self.target = "cuda"
+        self.requested_arch = None if arch is None else normalize_arch(arch)
+        self.arch = self.requested_arch or device_arch_quiet() or DEFAULT_ARCH
+        if options.get("check_finite"):
+            raise CompileError("check_finite is not supported on target='cuda' yet")
+        super().__init__(structure, variables, **options)
+
+    @property
+    def ptx(self) -> str:
+        """The PTX text of the latest specialization (made at compile time when every Variable
+        declares its shape and dtype)."""
+        if self._latest is None:
+            undeclared = [v.attrs["name"] for v in self.variables
+                          if v.attrs.get("dtype") is None or v.attrs.get("shape") is None
+                          or None in v.attrs["shape"]]
+            raise ArgumentError(
+                f"no PTX yet: Variable(s) {undeclared} do not declare a full shape and dtype",
+                hint="code generation is static-shape: declare Variable(name, shape=(...), "
+                     "dtype=...) with no None sizes, or call the function once on a GPU")
+        return self._latest.program.ptx
+
+    def _generate_fast_path(self):
+        return lambda *args, out=None, **kwargs: self._call(args, kwargs, out)
+
+    def _build(self, types):
+        g = specialize(self._template, dict(zip(self.inputs, types)))
+        g, log, stages = self._optimize(g)
+        program = lower_graph_ptx(g, self.name, self.arch)
+        out_types = [(g.nodes[o]["shape"], g.nodes[o]["dtype"]) for o in g.graph["outputs"]]
+        exe = CudaExecutable(g, log, program, out_types, stages)
+        exe.in_types = [(tuple(s), np.dtype(d)) for s, d in types]
+        return exe
+
+    def export(self, *args, **kwargs):
+        raise CompileError("export() writes CPU libraries; it is not available for target='cuda'")
+
+    def _call(self, args, kwargs, out=None):
+        if out is not None or kwargs.pop("out", None) is not None:
+            raise ArgumentError("out= is not supported on target='cuda'")
+        kwargs.pop("debug", None)
+        values = self._bind_raw(args, kwargs)
+        driver = _Driver.get()
+        driver.activate()
+        on_device = [isinstance(v, _DeviceInput) for v in values]
+        exe = self._specialize([(v.shape, v.dtype) for v in values],
+                               _contiguous_key([(v.shape, v.dtype) for v in values]))
+        with exe.call_lock:
+            if exe.device is None:
+                exe.device = _DeviceState(driver, exe)
+            state = exe.device
+            ins = []
+            for i, v in enumerate(values):
+                if on_device[i]:
+                    ins.append(v.ptr)
+                else:
+                    driver.to_device(state.staged_in[i], v)
+                    ins.append(state.staged_in[i])
+            device_out = bool(values) and all(on_device)
+            if device_out:
+                outs = [driver.alloc(_nbytes(t)) for t in exe.out_types]
+            else:
+                outs = state.staged_out
+            status = state.run(exe.program, ins, outs)
+            if status:
+                _fail(status, exe)
+            if device_out:
+                results = [DeviceArray(p, s, d, driver) for p, (s, d) in zip(outs, exe.out_types)]
+            else:
+                results = []
+                for p, (shape, dtype) in zip(outs, exe.out_types):
+                    host = np.empty(shape, dtype)
+                    driver.to_host(host, p)
+                    results.append(host)
+        return self.structure.pack(results)
+
+    def _bind_raw(self, args, kwargs):
+        """Bind arguments like the CPU path; device arrays stay where they are."""
+        n = len(self.inputs)
+        if len(args) > n:
+            raise ArgumentError(f"{self.name} takes {n} input(s) ({', '.join(self.inputs)}), "
+                                f"got {len(args)} positional")
+        values = dict(zip(self.inputs, args))
+        for key, value in kwargs.items():
+            if key not in self._index:
+                raise ArgumentError(f"unknown input {key!r}; inputs are {', '.join(self.inputs)}")
+            if key in values:
+                raise ArgumentError(f"input {key!r} given twice (by position and by name)")
+            values[key] = value
+        missing = [name for name in self.inputs if name not in values]
+        if missing:
+            raise ArgumentError(f"missing input(s) {', '.join(map(repr, missing))}; "
+                                f"inputs are {', '.join(self.inputs)}")
+        bound = []
+        for name, loc in zip(self.inputs, self._locs):
+            value = values[name]
+            if hasattr(value, "__cuda_array_interface__"):
+                bound.append(_DeviceInput(name, value))
+            else:
+                bound.append(prepare_input(name, value, loc))
+        return bound
+
+
+def device_arch_quiet():
+    """The device's architecture when a driver and GPU are already usable, else None.
+
+    Only consults the driver if cuda-python is importable, so compiling never fails here."""
+    try:
+        import cuda.bindings.driver  # noqa: F401
+    except ImportError:
+        return None
+    arch = device_arch()
+    if arch is None:
+        return None
+    try:
+        return normalize_arch(arch)
+    except CompileError:
+        return None
+
+
+__all__ = ["CudaFunction", "DeviceArray", "device_arch"]
