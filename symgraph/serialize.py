@@ -11,6 +11,7 @@ Format reference: docs/deployment.md.
 """
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import math
@@ -34,14 +35,15 @@ MAX_JSON_BYTES = 64 << 20
 MAX_MEMBER_BYTES = 4 << 30
 MAX_TOTAL_BYTES = 8 << 30
 MAX_RATIO = 200  # uncompressed / compressed, for members over 1 MiB (zip bombs)
-MAX_NODES = 1_000_000
+MAX_NODES = 200_000
 MAX_RANK = 32
 MAX_ELEMENTS = 1 << 40
 MAX_INT = 1 << 63
 MAX_STR = 4096
 MAX_DEPTH = 8
 
-UNSUPPORTED = frozenset({"cond", "while", "item"})  # bodies are traced Python: not saved yet
+# Control flow bodies are traced Python functions: not saved yet.
+UNSUPPORTED = frozenset({"cond", "while", "item", "scan"})
 
 
 def _fail(message, hint=None):
@@ -99,6 +101,9 @@ def dumps(f_or_exprs) -> bytes:
     from . import __version__
 
     structure, variables, options = _parts(f_or_exprs)
+    if structure.kind == "dict" and not all(
+            isinstance(k, (str, int)) and not isinstance(k, bool) for k in structure.keys):
+        _fail("only str and int dict output keys can be saved")
     g = to_graph(structure.exprs, variables)
     arrays, nodes, renumber = [], [], {}
     for n in topo_order(g):
@@ -167,8 +172,9 @@ def _read_members(source):
             if size > limit:
                 _fail(f"archive member {info.filename!r} declares {size} bytes (at most {limit})")
             if size > (1 << 20) and size > MAX_RATIO * max(info.compress_size, 1):
-                _fail(f"archive member {info.filename!r} expands {size // max(info.compress_size, 1)}"
-                      f"-fold: refusing a possible zip bomb")
+                ratio = size // max(info.compress_size, 1)
+                _fail(f"archive member {info.filename!r} expands {ratio}-fold: refusing a "
+                      "possible zip bomb")
             total += size
             if total > MAX_TOTAL_BYTES:
                 _fail(f"archive declares more than {MAX_TOTAL_BYTES} bytes in all")
@@ -327,8 +333,33 @@ SCHEMAS = {
 }
 
 
+def _reference_keywords(op):
+    """Keyword parameter names of an op's numpy reference (None: it takes **kwargs)."""
+    try:
+        params = list(inspect.signature(op.reference).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    skip = {p.name for p in positional[:op.arity or 0]}
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.name not in skip}
+
+
 def _check_attrs(op, attrs, where):
-    schema = SCHEMAS.get(op, {})
+    schema = SCHEMAS.get(op)
+    if schema is None:
+        if REGISTRY[op].kind not in ("elementwise", "matmul"):
+            # An op without a schema here: its values are inert (decoded from the tags
+            # above), its names must be keywords of its numpy reference, and its own shape
+            # rule validates the values while the graph is rebuilt.
+            allowed = _reference_keywords(REGISTRY[op])
+            unknown = set(attrs) - allowed if allowed is not None else set()
+            if unknown:
+                _fail(f"{where}: unexpected attribute(s) {sorted(unknown)} for op {op!r}")
+            return
+        schema = {}
     unknown = set(attrs) - set(schema)
     if unknown:
         _fail(f"{where}: unexpected attribute(s) {sorted(unknown)} for op {op!r}")
@@ -360,7 +391,8 @@ def _parse_document(members):
         _fail(f"unsupported file version {str(version)[:20]} (this symgraph reads version "
               f"{VERSION})", hint="save the graph again with this symgraph version")
     for key, kind in (("inputs", list), ("structure", dict), ("options", dict), ("nodes", list)):
-        _require(isinstance(doc.get(key), kind), f"{GRAPH_MEMBER}: {key!r} missing or not a {kind.__name__}")
+        _require(isinstance(doc.get(key), kind),
+                 f"{GRAPH_MEMBER}: {key!r} missing or not a {kind.__name__}")
     return doc
 
 
@@ -464,12 +496,15 @@ def _load(source):
              "the input list does not match the graph's Variables")
     structure = doc["structure"]
     kind, keys, outs = structure.get("kind"), structure.get("keys"), structure.get("outputs")
-    _require(kind in ("single", "tuple", "list", "dict"), f"unknown output structure {str(kind)[:20]!r}")
-    _require(isinstance(outs, list) and outs and all(_is_int(o) and 0 <= o < len(exprs) for o in outs),
+    _require(kind in ("single", "tuple", "list", "dict"),
+             f"unknown output structure {str(kind)[:20]!r}")
+    _require(isinstance(outs, list) and outs
+             and all(_is_int(o) and 0 <= o < len(exprs) for o in outs),
              "output list is empty or refers to missing nodes")
     _require(kind != "single" or len(outs) == 1, "a single output lists several nodes")
     if kind == "dict":
-        _require(isinstance(keys, list) and len(keys) == len(outs) and len(set(map(str, keys))) == len(keys)
+        _require(isinstance(keys, list) and len(keys) == len(outs)
+                 and len(set(map(str, keys))) == len(keys)
                  and all(isinstance(k, (str, int)) and not isinstance(k, bool) for k in keys),
                  "dict output keys are missing, repeated or of the wrong type")
     options = doc["options"]

@@ -376,3 +376,32 @@ def test_bit_flips_never_crash():
         got = f(xv, nv)
         assert all(same(want[k], got[k]) for k in want)
     assert rejected > 50
+
+
+def test_round_trip_nn_and_indexing_ops(tmp_path):
+    nn = pytest.importorskip("symgraph.ops.nn")
+    from symgraph.frontend import argmax, take
+
+    x = sg.Variable("x", (1, 2, 6, 6), "float32")
+    i = sg.Variable("i", (3,), "int64")
+    v = sg.Variable("v", (5, 4), "float64")
+    w = RNG.random((3, 2, 3, 3)).astype("float32")
+    f = sg.compile({"conv": nn.conv2d(x, w, padding=1), "max": nn.max_pool2d(x, 2),
+                    "avg": nn.avg_pool2d(x, 2), "argmax": argmax(v, axis=1),
+                    "take": take(v, i, axis=0)})
+    check_round_trip(f, RNG.random((1, 2, 6, 6)).astype("float32"), np.array([0, 4, 2]),
+                     RNG.random((5, 4)), tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("attrs", [
+    {"stride": {"tuple": [0, 0]}}, {"padding": {"tuple": [2 ** 40, 2 ** 40]}},
+    {"stride": "1"}, {"groups": -1}, {"evil": {"tuple": []}},
+])
+def test_ops_without_a_schema_still_reject_bad_attributes(attrs):
+    nn = pytest.importorskip("symgraph.ops.nn")
+    x = sg.Variable("x", (1, 2, 6, 6), "float32")
+    doc, members = _unpack(serialize.dumps(nn.conv2d(x, np.ones((3, 2, 3, 3), "float32"))))
+    conv = next(n for n in doc["nodes"] if n["op"] == "conv2d")
+    conv["attrs"].update(attrs)
+    with pytest.raises(SerializationError):
+        serialize.loads(_pack(doc, members))

@@ -1,12 +1,14 @@
 """The persistent compile cache: object code on disk, keyed by everything that shapes it.
 
-A key is a sha256 over a canonical form of the final typed graph (constant bytes included,
-source locations not), the compile options, the entry name, the target triple, CPU name and
-features, and the versions of symgraph (plus a digest of its sources), llvmlite and LLVM.
-An entry file is ``MAGIC | sha256(payload) | payload`` where the payload holds the key, the
-object code and the (compressed) LLVM IR; an entry whose magic, checksum or key does not
-match is treated as a miss and rewritten. Writes go to a temporary file in the same
-directory and are renamed into place, so concurrent writers never leave a torn entry.
+A key is a sha256 over a canonical form of the specialized graph (constant bytes included,
+source locations not), the compile options and pass pipeline, the entry name, the target
+triple, CPU name and features, and the versions of symgraph (plus a digest of its sources,
+so a changed compiler misses), llvmlite and LLVM. Passes are deterministic functions of
+those, so a hit skips them as well as LLVM. An entry file is ``MAGIC | sha256(payload) |
+payload``; the payload holds the key, metadata (workspace size, output types), the object
+code and the compressed LLVM IR. An entry whose magic, checksum or key does not match is a
+miss and is rewritten. Writes go to a temporary file in the same directory and are renamed
+into place, so concurrent writers never leave a torn entry.
 
 ``SYMGRAPH_CACHE_DIR`` chooses the directory (default ``$XDG_CACHE_HOME/symgraph`` or
 ``~/.cache/symgraph``); ``SYMGRAPH_CACHE=0`` turns the cache off.
@@ -14,6 +16,7 @@ directory and are renamed into place, so concurrent writers never leave a torn e
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import struct
 import tempfile
@@ -29,7 +32,6 @@ from ..errors import CompileError
 
 MAGIC = b"SGOBJ\x00\x01\n"
 _HEADER = len(MAGIC) + 32
-_PLAIN = (type(None), bool, int, float, str, np.dtype, np.ndarray, tuple, list, dict, type)
 _stats = {"hits": 0, "misses": 0, "corrupt": 0, "writes": 0}
 _lock = threading.Lock()
 
@@ -82,49 +84,45 @@ class _Uncacheable(Exception):
     pass
 
 
-def _canon(value, h):
-    """Feed a canonical, address-free form of an attribute value to the hash."""
+def _canon(value, arrays):
+    """A canonical, address-free form of an attribute value (arrays go to `arrays`)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return ("F", value.hex())
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__, *[_canon(v, arrays) for v in value])
+    if isinstance(value, np.dtype):
+        return ("D", value.str)
+    if isinstance(value, dict):
+        return ("M", *sorted((repr(k), _canon(v, arrays)) for k, v in value.items()))
     if isinstance(value, np.ndarray):
-        h.update(b"A" + value.dtype.str.encode() + repr(value.shape).encode())
-        h.update(np.ascontiguousarray(value).tobytes())
-    elif isinstance(value, np.dtype):
-        h.update(b"D" + value.str.encode())
-    elif isinstance(value, float):
-        h.update(b"F" + value.hex().encode())
-    elif isinstance(value, (tuple, list)):
-        h.update(b"T(" if isinstance(value, tuple) else b"L(")
-        for v in value:
-            _canon(v, h)
-        h.update(b")")
-    elif isinstance(value, dict):
-        h.update(b"{")
-        for k in sorted(value, key=repr):
-            _canon(k, h)
-            _canon(value[k], h)
-        h.update(b"}")
-    elif isinstance(value, type) and value in (bool, int, float):
-        h.update(b"Y" + value.__name__.encode())
-    elif value is None or isinstance(value, (bool, int, str, np.generic)):
-        h.update(type(value).__name__.encode() + b":" + repr(value).encode() + b";")
-    else:
-        raise _Uncacheable(type(value).__name__)  # e.g. traced bodies: no stable form
+        arrays.append(value)
+        return ("A", value.dtype.str, value.shape, len(arrays) - 1)
+    if isinstance(value, type) and value in (bool, int, float):
+        return ("Y", value.__name__)
+    if isinstance(value, np.generic):
+        return ("G", value.dtype.str, value.tobytes())
+    raise _Uncacheable(type(value).__name__)  # e.g. traced bodies: no stable form
 
 
 def cache_key(g, *, name, options, tm_cpu, tm_features) -> str | None:
     """The entry key for a final typed graph, or None when the graph has no stable form."""
     from ..graph import topo_order
 
-    h = hashlib.sha256(b"symgraph-cache-1")
+    arrays = []
     try:
-        for n in topo_order(g):
-            data = g.nodes[n]
-            _canon(n, h)
-            _canon({k: v for k, v in data.items() if k != "loc"}, h)
-        _canon({k: v for k, v in g.graph.items()}, h)
+        nodes = [(n, _canon({k: v for k, v in g.nodes[n].items() if k != "loc"}, arrays))
+                 for n in topo_order(g)]
+        graph = _canon(dict(g.graph), arrays)
     except _Uncacheable:
         return None
-    _canon((name, options, llvm.get_process_triple(), tm_cpu, tm_features, _symgraph_digest(),
-            llvmlite.__version__, tuple(llvm.llvm_version_info)), h)
+    context = (name, _canon(options, arrays), llvm.get_process_triple(), tm_cpu, tm_features,
+               _symgraph_digest(), llvmlite.__version__, tuple(llvm.llvm_version_info))
+    h = hashlib.sha256(b"symgraph-cache-1")
+    h.update(repr((nodes, graph, context)).encode())
+    for array in arrays:
+        h.update(np.ascontiguousarray(array).tobytes())
     return h.hexdigest()
 
 
@@ -132,8 +130,9 @@ def _path(key):
     return os.path.join(cache_dir(), key[:2], key[2:] + ".o")
 
 
-def read(key) -> tuple[bytes, str] | None:
-    """(object code, llvm ir) of the entry, or None on a miss or a corrupt or stale entry."""
+def read(key) -> tuple[bytes, bytes, dict] | None:
+    """(object code, zlib-compressed llvm ir, metadata) of the entry; None on a miss or a
+    corrupt or stale entry."""
     path = _path(key)
     try:
         with open(path, "rb") as fh:
@@ -142,7 +141,7 @@ def read(key) -> tuple[bytes, str] | None:
         _count("misses")
         return None
     try:
-        if blob[:len(MAGIC)] != MAGIC or len(blob) < _HEADER + 12:
+        if blob[:len(MAGIC)] != MAGIC or len(blob) < _HEADER + 20:
             raise ValueError("bad magic")
         payload = blob[_HEADER:]
         if hashlib.sha256(payload).digest() != blob[len(MAGIC):_HEADER]:
@@ -150,24 +149,27 @@ def read(key) -> tuple[bytes, str] | None:
         (klen,) = struct.unpack_from("<I", payload, 0)
         if payload[4:4 + klen].decode() != key:
             raise ValueError("key")
-        (olen,) = struct.unpack_from("<Q", payload, 4 + klen)
-        start = 12 + klen
-        obj = payload[start:start + olen]
-        if len(obj) != olen:
+        at = 4 + klen
+        (mlen,) = struct.unpack_from("<I", payload, at)
+        meta = json.loads(payload[at + 4:at + 4 + mlen].decode())
+        at += 4 + mlen
+        (olen,) = struct.unpack_from("<Q", payload, at)
+        obj = payload[at + 8:at + 8 + olen]
+        if len(obj) != olen or not isinstance(meta, dict):
             raise ValueError("length")
-        ir_text = zlib.decompress(payload[start + olen:]).decode()
-    except (ValueError, struct.error, zlib.error, UnicodeDecodeError):
+        ir_text = payload[at + 8 + olen:]  # compressed; ObjectLibrary inflates it when asked
+    except (ValueError, struct.error, UnicodeDecodeError):
         _count("corrupt")
         return None
     _count("hits")
-    return obj, ir_text
+    return obj, ir_text, meta
 
 
-def write(key, obj: bytes, ir_text: str) -> None:
+def write(key, obj: bytes, ir_text: str, meta: dict) -> None:
     """Store an entry atomically; failures (read-only disk, full disk) are silently skipped."""
-    kb = key.encode()
-    payload = (struct.pack("<I", len(kb)) + kb + struct.pack("<Q", len(obj)) + obj
-               + zlib.compress(ir_text.encode(), 1))
+    kb, mb = key.encode(), json.dumps(meta, sort_keys=True).encode()
+    payload = (struct.pack("<I", len(kb)) + kb + struct.pack("<I", len(mb)) + mb
+               + struct.pack("<Q", len(obj)) + obj + zlib.compress(ir_text.encode(), 1))
     blob = MAGIC + hashlib.sha256(payload).digest() + payload
     path = _path(key)
     try:
@@ -217,10 +219,10 @@ def compile_object(llvm_ir: str, tm) -> bytes:
 class ObjectLibrary:
     """Object code loaded into an MCJIT engine: the same interface as CodeLibrary."""
 
-    def __init__(self, obj: bytes, llvm_ir: str, name: str):
+    def __init__(self, obj: bytes, llvm_ir, name: str):
         cpu.initialize()
         self.name = name
-        self.llvm_ir = llvm_ir
+        self._ir = llvm_ir  # text, or zlib-compressed bytes from a cache entry
         self.optimized_ir = None
         self.tm = cpu.target_machine()
         self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self.tm)
@@ -234,6 +236,12 @@ class ObjectLibrary:
         return address
 
     @property
+    def llvm_ir(self) -> str:
+        if isinstance(self._ir, bytes):
+            self._ir = zlib.decompress(self._ir).decode()
+        return self._ir
+
+    @property
     def asm(self) -> str:
         mod = llvm.parse_assembly(self.llvm_ir)
         tm = cpu.target_machine()
@@ -241,24 +249,31 @@ class ObjectLibrary:
         return tm.emit_assembly(mod)
 
 
-def load_library(g, ir_module_fn, name, options):
-    """A code library for the final graph `g`: from the cache when an entry is valid, else
-    compiled (by `ir_module_fn() -> (llvm_ir, ...)`) and stored. None when caching is off."""
+def key_for(g, name, options) -> str | None:
+    """The entry key of a specialized graph compiled with `options`; None when the cache is
+    off or the graph has no stable form."""
     if not enabled():
         return None
     cpu_name, features = host_target()
-    key = cache_key(g, name=name, options=options, tm_cpu=cpu_name, tm_features=features)
-    if key is None:
-        return None
+    return cache_key(g, name=name, options=options, tm_cpu=cpu_name, tm_features=features)
+
+
+def lookup(key, name):
+    """(library, metadata) from a valid entry, or None (a miss, or a corrupt entry)."""
     entry = read(key)
-    if entry is not None:
-        obj, ir_text = entry
-        try:
-            return ObjectLibrary(obj, ir_text, name)
-        except (RuntimeError, CompileError):
-            _count("corrupt")  # checksum matched but LLVM refused it: rebuild below
-    ir_text = ir_module_fn()
-    obj = compile_object(ir_text, cpu.target_machine())
-    library = ObjectLibrary(obj, ir_text, name)
-    write(key, obj, ir_text)
+    if entry is None:
+        return None
+    obj, ir_text, meta = entry
+    try:
+        return ObjectLibrary(obj, ir_text, name), meta
+    except (RuntimeError, CompileError):
+        _count("corrupt")  # the checksum matched but LLVM refused it: rebuild
+        return None
+
+
+def build(key, llvm_ir: str, name, meta) -> "ObjectLibrary":
+    """Compile `llvm_ir` for the host, load it, and store it under `key`."""
+    obj = compile_object(llvm_ir, cpu.target_machine())
+    library = ObjectLibrary(obj, llvm_ir, name)
+    write(key, obj, llvm_ir, meta)
     return library

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..codegen import cpu as cpu_target
 from ..codegen.kernel import lower_graph
-from ..errors import ArgumentError, CompileError, SymgraphError
+from ..errors import ArgumentError, CompileError
 from ..infer import specialize
 from ..passes import run_passes
 from .cache import compile_object
