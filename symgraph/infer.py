@@ -12,14 +12,37 @@ from . import dtypes as dt
 from .errors import DTypeError, ShapeError, SymgraphError
 from .graph import add_node, copy_graph, set_args, topo_order, type_str
 from .ops import get_op
+from .ops.registry import attr_key
+
+
+_TYPING_CACHE: dict = {}
+_TYPING_CACHE_LIMIT = 1 << 16
 
 
 def node_typing(g, node):
-    """Re-run the op's rule on a typed graph: gives the dtypes its inputs are converted to."""
+    """Re-run the op's rule on a typed graph: gives the dtypes its inputs are converted to.
+
+    Rules are pure functions of (op, operand types, attributes), and passes and codegen ask
+    again and again for the same ones (a chain repeats a few typings thousands of times),
+    so answers are memoized; control ops, whose rules type whole bodies, are not.
+    """
     d = g.nodes[node]
     op = get_op(d["op"])
-    in_types = [(g.nodes[a]["shape"], g.nodes[a]["dtype"]) for a in d["args"]]
-    return op.infer(in_types, d["attrs"])
+    in_types = tuple((g.nodes[a]["shape"], g.nodes[a]["dtype"]) for a in d["args"])
+    if op.kind == "control":
+        return op.infer(list(in_types), d["attrs"])
+    try:
+        key = (d["op"], in_types, attr_key(d["attrs"]))
+        hash(key)
+    except TypeError:
+        return op.infer(list(in_types), d["attrs"])
+    typing = _TYPING_CACHE.get(key)
+    if typing is None:
+        typing = op.infer(list(in_types), d["attrs"])
+        if len(_TYPING_CACHE) >= _TYPING_CACHE_LIMIT:
+            _TYPING_CACHE.clear()
+        _TYPING_CACHE[key] = typing
+    return typing
 
 
 def compute_dtype(typing):
