@@ -44,7 +44,7 @@ from .frontend import min as sg_min
 from .frontend import sum as sg_sum
 from .ops import get_op
 from .ops.registry import normalize_axes
-from .runtime.compiled import CompiledFunction, compile
+from .runtime.compiled import CompiledFunction, bind_arguments, compile
 
 __all__ = ["RechunkWarning", "apply"]
 
@@ -229,18 +229,7 @@ def _refuse(e, why, hint=None):
 # --- planning and building ----------------------------------------------------------------------
 
 def _bind(f, args, kwargs):
-    if len(args) > len(f.inputs):
-        raise ArgumentError(f"{f.name} takes {len(f.inputs)} input(s), got {len(args)} positional")
-    values = dict(zip(f.inputs, args))
-    for k, v in kwargs.items():
-        if k not in f.inputs:
-            raise ArgumentError(f"unknown input {k!r}; inputs are {', '.join(f.inputs)}")
-        if k in values:
-            raise ArgumentError(f"input {k!r} given twice")
-        values[k] = v
-    missing = [n for n in f.inputs if n not in values]
-    if missing:
-        raise ArgumentError(f"missing input(s) {missing}; inputs are {', '.join(f.inputs)}")
+    values = dict(zip(f.inputs, bind_arguments(f.name, f.inputs, args, kwargs)))
     for name, v in values.items():
         if isinstance(v, da.Array):
             if any(math.isnan(c) for cs in v.chunks for c in cs):

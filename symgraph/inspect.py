@@ -18,7 +18,7 @@ import networkx as nx
 import numpy as np
 
 from .errors import Loc, SerializationError
-from .graph import new_graph, to_text, topo_order, type_str
+from .graph import new_graph, topo_order, type_str
 
 SCHEMA = "symgraph.graph"
 SCHEMA_VERSION = 1

@@ -565,11 +565,26 @@ class _KernelBody:
         j = b.select(bad, ir.Constant(I64, 0), j)  # never load out of bounds
         return self.value(x, list(idx[:axis]) + [j] + list(idx[axis + k:]))
 
+    def arg_step(self, root, outer, i, best, best_at):
+        """One step of argmax/argmin along the axis: element i replaces the best so far when
+        the op says it is better (the first element always does)."""
+        b, em = self.b, self.em
+        d = self.g.nodes[root]
+        (src,) = d["args"]
+        axis = d["attrs"]["axis"]
+        dtype = np.dtype(self.g.nodes[src]["dtype"])
+        self.memo.clear()
+        x = self.value(src, outer[:axis] + [i] + outer[axis:])
+        current = b.load(best, typ=register_type(dtype))
+        first = b.icmp_unsigned("==", i, ir.Constant(I64, 0))
+        take = b.or_(first, get_op(d["op"]).lower(em, dtype, x, current))
+        b.store(b.select(take, x, current), best)
+        b.store(b.select(take, i, b.load(best_at, typ=I64)), best_at)
+
     def argreduce(self, root):
         """argmax/argmin: a running best value and its index along one axis."""
         g, em, b = self.g, self.em, self.b
         d = g.nodes[root]
-        op = get_op(d["op"])
         (src,) = d["args"]
         in_shape = g.nodes[src]["shape"]
         axis = d["attrs"]["axis"]
@@ -580,16 +595,7 @@ class _KernelBody:
         best_at = b.alloca(I64, name="best_at")
 
         def per_output(outer):
-            def step(i):
-                self.memo.clear()
-                x = self.value(src, outer[:axis] + [i] + outer[axis:])
-                current = b.load(best, typ=register_type(dtype))
-                first = b.icmp_unsigned("==", i, ir.Constant(I64, 0))
-                take = b.or_(first, op.lower(em, dtype, x, current))
-                b.store(b.select(take, x, current), best)
-                b.store(b.select(take, i, b.load(best_at, typ=I64)), best_at)
-
-            emit_loop(b, in_shape[axis], step, "arg")
+            emit_loop(b, in_shape[axis], lambda i: self.arg_step(root, outer, i, best, best_at), "arg")
             em.store(d["dtype"], b.load(best_at, typ=I64), ptr, em.linearize(outer, out_shape))
 
         emit_nest(b, out_shape, per_output, "o")

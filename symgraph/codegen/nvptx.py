@@ -381,7 +381,6 @@ class NvptxLowering:
         fn, b, body, refs = self._kernel(k, root, members)
         g, em = self.g, body.em
         d = g.nodes[root]
-        op = get_op(d["op"])
         (src,) = d["args"]
         in_shape = g.nodes[src]["shape"]
         axis = d["attrs"]["axis"]
@@ -395,16 +394,8 @@ class NvptxLowering:
         def per_output(o):
             outer = em.delinearize(o, out_shape)
 
-            def step(i):
-                body.memo.clear()
-                x = body.value(src, outer[:axis] + [i] + outer[axis:])
-                current = b.load(best, typ=register_type(dtype))
-                first = b.icmp_unsigned("==", i, ir.Constant(I64, 0))
-                take = b.or_(first, op.lower(em, dtype, x, current))
-                b.store(b.select(take, x, current), best)
-                b.store(b.select(take, i, b.load(best_at, typ=I64)), best_at)
-
-            emit_loop(b, in_shape[axis], step, "arg")
+            emit_loop(b, in_shape[axis], lambda i: body.arg_step(root, outer, i, best, best_at),
+                      "arg")
             em.store(d["dtype"], b.load(best_at, typ=I64), body.pointers[root], o)
 
         _stride_loop(b, b.add(b.mul(s.ctaid, s.ntid), s.tid), b.mul(s.ntid, s.nctaid), total,

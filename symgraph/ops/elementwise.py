@@ -151,7 +151,8 @@ def _lower_minimum(em, d, a, b):
 
 def _pow_reference(a, b):
     a, b = np.asarray(a), np.asarray(b)
-    if a.dtype.kind in "iu" and b.dtype.kind in "iu" and np.any(b < 0):
+    if (a.dtype.kind in "iu" and b.dtype.kind in "iu" and np.broadcast(a, b).size
+            and np.any(b < 0)):
         raise ValueError("Integers to negative integer powers are not allowed.")
     return np.power(a, b)
 

@@ -100,6 +100,8 @@ def resolve_ufunc(opname: str, ufunc: np.ufunc, in_dtypes) -> tuple:
     """NumPy's own loop resolution (NEP 50 aware), restricted to symgraph's dtypes."""
     if all(isinstance(d, type) for d in in_dtypes):
         in_dtypes = tuple(dt.default_dtype(d) for d in in_dtypes)
+    # numpy's resolve_dtypes takes weak int and float but not bool: a Python bool is np.bool_.
+    in_dtypes = tuple(np.dtype(bool) if d is bool else d for d in in_dtypes)
     try:
         resolved = ufunc.resolve_dtypes(tuple(in_dtypes) + (None,) * ufunc.nout)
     except TypeError as exc:

@@ -125,6 +125,24 @@ def bind_signature(names, unknown, missing):
                             f"inputs are {', '.join(names)}")
 
 
+def bind_arguments(fn_name, inputs, args, kwargs) -> list:
+    """Positional and named arguments as one value per input, in input order; missing,
+    unknown, repeated and surplus arguments are errors naming the inputs."""
+    n = len(inputs)
+    if len(args) > n:
+        raise ArgumentError(f"{fn_name} takes {n} input(s) ({', '.join(inputs)}), "
+                            f"got {len(args)} positional")
+    values = dict(zip(inputs, args))
+    for key, value in kwargs.items():
+        if key not in inputs:
+            bind_signature(inputs, [key], [])
+        if key in values:
+            raise ArgumentError(f"input {key!r} given twice (by position and by name)")
+        values[key] = value
+    bind_signature(inputs, [], [name for name in inputs if name not in values])
+    return [values[name] for name in inputs]
+
+
 def prepare_input(name, value, loc=None) -> np.ndarray:
     """An aligned, C-contiguous, native-order array of a supported dtype, or a clear error."""
     if type(value) is not np.ndarray:
@@ -432,22 +450,7 @@ class CompiledFunction:
 
     # --- calling --------------------------------------------------------------------------
     def _bind(self, args, kwargs):
-        n = len(self.inputs)
-        if len(args) > n:
-            raise ArgumentError(f"{self.name} takes {n} input(s) ({', '.join(self.inputs)}), "
-                                f"got {len(args)} positional")
-        values = list(args) + [None] * (n - len(args))
-        given = [True] * len(args) + [False] * (n - len(args))
-        for key, value in kwargs.items():
-            i = self._index.get(key)
-            if i is None:
-                bind_signature(self.inputs, [key], [])
-            if given[i]:
-                raise ArgumentError(f"input {key!r} given twice (by position and by name)")
-            values[i] = value
-            given[i] = True
-        if not all(given):
-            bind_signature(self.inputs, [], [self.inputs[i] for i, g in enumerate(given) if not g])
+        values = bind_arguments(self.name, self.inputs, args, kwargs)
         return [prepare_input(name, v, loc) for name, v, loc in zip(self.inputs, values, self._locs)]
 
     @staticmethod

@@ -18,7 +18,14 @@ import numpy as np
 from ..codegen.nvptx import DEFAULT_ARCH, Copy, lower_graph_ptx, normalize_arch
 from ..errors import ArgumentError, CompileError, DTypeError, ExecutionError
 from ..infer import specialize
-from .compiled import CompiledFunction, Executable, _contiguous_key, _fail, prepare_input
+from .compiled import (
+    CompiledFunction,
+    Executable,
+    _contiguous_key,
+    _fail,
+    bind_arguments,
+    prepare_input,
+)
 
 INSTALL_HINT = 'install the driver bindings with: pip install "symgraph[cuda]"'
 
@@ -347,21 +354,7 @@ class CudaFunction(CompiledFunction):
 
     def _bind_raw(self, args, kwargs):
         """Bind arguments like the CPU path; device arrays stay where they are."""
-        n = len(self.inputs)
-        if len(args) > n:
-            raise ArgumentError(f"{self.name} takes {n} input(s) ({', '.join(self.inputs)}), "
-                                f"got {len(args)} positional")
-        values = dict(zip(self.inputs, args))
-        for key, value in kwargs.items():
-            if key not in self._index:
-                raise ArgumentError(f"unknown input {key!r}; inputs are {', '.join(self.inputs)}")
-            if key in values:
-                raise ArgumentError(f"input {key!r} given twice (by position and by name)")
-            values[key] = value
-        missing = [name for name in self.inputs if name not in values]
-        if missing:
-            raise ArgumentError(f"missing input(s) {', '.join(map(repr, missing))}; "
-                                f"inputs are {', '.join(self.inputs)}")
+        values = dict(zip(self.inputs, bind_arguments(self.name, self.inputs, args, kwargs)))
         bound = []
         for name, loc in zip(self.inputs, self._locs):
             value = values[name]

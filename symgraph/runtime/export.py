@@ -221,7 +221,7 @@ def _header(name, ins, outs, cpu_name):
     lines += ["", f"int {name}_run(\n    {joined});", ""]
     lines += [f"int {name}_run_workspace(\n    " + ",\n    ".join(params + [
         "void *workspace", "int64_t workspace_bytes"]) + ");", ""]
-    lines += [f"/* Bytes of scratch memory one call needs. */",
+    lines += ["/* Bytes of scratch memory one call needs. */",
               f"int64_t {name}_workspace_bytes(void);", "",
               "/* Rank of an output, or -1 for an index out of range. */",
               f"int {name}_output_rank(int output_index);", "",
