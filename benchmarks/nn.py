@@ -1,0 +1,162 @@
+"""Issue 6's models: SGEMM 1024^3, the 512-256-128-2 MLP at batch 1 and 256, and conv2d
+(8, 64, 56, 56) with 64 3x3 filters, against numpy and (when installed) torch, at one and
+two threads. numpy's BLAS threads are pinned with threadpoolctl when it is installed."""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+
+from harness import fmt_ratio, fmt_time, measure, optional, table
+
+import symgraph as sg
+
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+@contextlib.contextmanager
+def blas_threads(n):
+    """numpy's BLAS (and torch) limited to n threads while timing."""
+    threadpoolctl = optional("threadpoolctl")
+    torch = optional("torch")
+    old = torch.get_num_threads() if torch else None
+    if torch:
+        torch.set_num_threads(n)
+    ctx = threadpoolctl.threadpool_limits(n) if threadpoolctl else contextlib.nullcontext()
+    with ctx:
+        yield
+    if torch:
+        torch.set_num_threads(old)
+
+
+def _mlp(rng, batch):
+    sizes = [512, 256, 128, 2]
+    ws = [rng.standard_normal((i, o)).astype(np.float32) * 0.05 for i, o in zip(sizes, sizes[1:])]
+    bs = [rng.standard_normal(o).astype(np.float32) * 0.05 for o in sizes[1:]]
+    x = rng.standard_normal((batch, 512)).astype(np.float32)
+    return x, ws, bs
+
+
+def _numpy_mlp(x, ws, bs):
+    h = np.maximum(x @ ws[0] + bs[0], 0)
+    h = np.maximum(h @ ws[1] + bs[1], 0)
+    return h @ ws[2] + bs[2]
+
+
+def _symgraph_mlp(batch, threads):
+    x = sg.Variable("x", (batch, 512), "float32")
+    w = [sg.Variable(f"w{i}", s, "float32") for i, s in enumerate([(512, 256), (256, 128), (128, 2)])]
+    b = [sg.Variable(f"b{i}", (s,), "float32") for i, s in enumerate([256, 128, 2])]
+    h = sg.relu(x @ w[0] + b[0])
+    h = sg.relu(h @ w[1] + b[1])
+    return sg.compile(h @ w[2] + b[2], inputs=[x, *w, *b], num_threads=threads)
+
+
+def run(quick=False):
+    rng = np.random.default_rng(0)
+    torch = optional("torch")
+    repeat = 5 if quick else 9
+    rows = []  # (case, threads, engine, seconds)
+
+    n = 512 if quick else 1024
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    b = rng.standard_normal((n, n)).astype(np.float32)
+    for threads in sorted({1, min(2, CORES)}):
+        f = sg.compile(sg.Variable("a") @ sg.Variable("b"), num_threads=threads)
+        f(a, b)
+        with blas_threads(threads):
+            rows.append((f"sgemm {n}^3", threads, "symgraph", measure(lambda: f(a, b), repeat=repeat).median))
+            rows.append((f"sgemm {n}^3", threads, "numpy", measure(lambda: a @ b, repeat=repeat).median))
+
+    for batch, calls in ((1, 1000), (256, 1)):
+        x, ws, bs = _mlp(rng, batch)
+        for threads in sorted({1, min(2, CORES)}):
+            f = _symgraph_mlp(batch, threads)
+            args = (x, *ws, *bs)
+            np.testing.assert_allclose(f(*args), _numpy_mlp(x, ws, bs), rtol=1e-4, atol=1e-5)
+
+            def sg_many():
+                for _ in range(calls):
+                    f(*args)
+
+            def np_many():
+                for _ in range(calls):
+                    _numpy_mlp(x, ws, bs)
+
+            case = f"mlp batch {batch} x{calls}"
+            with blas_threads(threads):
+                rows.append((case, threads, "symgraph", measure(sg_many, repeat=repeat).median))
+                rows.append((case, threads, "numpy", measure(np_many, repeat=repeat).median))
+                if torch:
+                    tx = torch.from_numpy(x)
+                    tw = [torch.from_numpy(w) for w in ws]
+                    tb = [torch.from_numpy(v) for v in bs]
+
+                    def torch_mlp(x_):
+                        h = torch.relu(x_ @ tw[0] + tb[0])
+                        h = torch.relu(h @ tw[1] + tb[1])
+                        return h @ tw[2] + tb[2]
+
+                    scripted = torch.jit.trace(torch_mlp, (tx,))
+
+                    def torch_many(fn=torch_mlp):
+                        with torch.no_grad():
+                            for _ in range(calls):
+                                fn(tx)
+
+                    rows.append((case, threads, "torch", measure(torch_many, repeat=repeat).median))
+                    rows.append((case, threads, "torch.jit",
+                                 measure(lambda: torch_many(scripted), repeat=repeat).median))
+
+    shape = (2, 64, 56, 56) if quick else (8, 64, 56, 56)
+    img = rng.standard_normal(shape).astype(np.float32)
+    ker = (rng.standard_normal((64, 64, 3, 3)) * 0.05).astype(np.float32)
+    for threads in sorted({1, min(2, CORES)}):
+        f = sg.compile(sg.conv2d(sg.Variable("x"), sg.Variable("w"), padding=1), num_threads=threads)
+        f(img, ker)
+        case = f"conv2d {shape} 64x3x3"
+        with blas_threads(threads):
+            rows.append((case, threads, "symgraph", measure(lambda: f(img, ker), repeat=3).median))
+            if torch:
+                ti, tk = torch.from_numpy(img), torch.from_numpy(ker)
+                with torch.no_grad():
+                    rows.append((case, threads, "torch", measure(
+                        lambda: torch.nn.functional.conv2d(ti, tk, padding=1), repeat=3).median))
+
+    return {"rows": rows, "targets": _targets(rows)}
+
+
+def _time(rows, case_prefix, threads, engine):
+    for case, t, e, seconds in rows:
+        if case.startswith(case_prefix) and t == threads and e == engine:
+            return seconds
+    return None
+
+
+def _targets(rows):
+    targets = []
+    sg1, np1 = _time(rows, "sgemm", 1, "symgraph"), _time(rows, "sgemm", 1, "numpy")
+    if sg1 and np1:
+        targets.append(("SGEMM, 1 thread: speed vs numpy's BLAS", ">= 0.70x", np1 / sg1, np1 / sg1 >= 0.7))
+    sg2 = _time(rows, "sgemm", 2, "symgraph")
+    if sg1 and sg2:
+        targets.append(("SGEMM: 2 threads vs 1", ">= 1.80x", sg1 / sg2, sg1 / sg2 >= 1.8))
+    m1, n1 = _time(rows, "mlp batch 1 ", 1, "symgraph"), _time(rows, "mlp batch 1 ", 1, "numpy")
+    if m1 and n1:
+        targets.append(("MLP batch 1, 1 thread: speedup over numpy", ">= 3.00x", n1 / m1, n1 / m1 >= 3))
+    for case, label in (("mlp batch 256", "MLP batch 256"), ("conv2d", "conv2d")):
+        for threads in (1, 2):
+            s, t = _time(rows, case, threads, "symgraph"), _time(rows, case, threads, "torch")
+            if s and t:
+                targets.append((f"{label}, {threads} thread(s): speed vs torch", ">= 1.00x",
+                                t / s, t / s >= 1.0))
+    return targets
+
+
+def report(result) -> str:
+    rows = result["rows"]
+    base = {(c, t): s for c, t, e, s in rows if e == "symgraph"}
+    body = [[c, str(t), e, fmt_time(s), fmt_ratio(s / base[(c, t)]) if (c, t) in base else "n/a"]
+            for c, t, e, s in rows]
+    return table(["case", "threads", "engine", "median", "time / symgraph's"], body)
