@@ -400,6 +400,11 @@ class GraphLowering:
                 extent, mode = work, "partials"
             else:
                 return None
+        elif kind in ("conv", "pool"):
+            # Threads split the images of the batch (NCHW: the outermost axis).
+            extent, mode = d["shape"][0], "outer"
+            work = math.prod(d["shape"]) * (math.prod(g.nodes[d["args"][1]]["shape"][1:])
+                                            if kind == "conv" else 1)
         elif kind == "matmul":
             a, bb = d["args"]
             a_shape, b_shape = g.nodes[a]["shape"], g.nodes[bb]["shape"]

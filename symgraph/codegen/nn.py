@@ -131,7 +131,7 @@ def lower_conv(kernel, root):
         b.call(fn, [a_ptr, at(kernel.pointers[x], x_dtype, x_off), at(out, dtype, c_off),
                     _c(og), _c(p), _c(k), em.status_ptr])
 
-    emit_nest(b, (n, groups), one, "conv")
+    emit_nest(b, (n, groups), one, "conv", outer=kernel.outer)  # threads split the images
 
 
 def _direct_conv(kernel, root):
