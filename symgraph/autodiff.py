@@ -23,7 +23,9 @@ NON_DIFFERENTIABLE = frozenset({
     "lt", "le", "gt", "ge", "eq", "ne", "and", "or", "xor", "invert", "argmax", "argmin",
 })
 # Ops that exist but have no rule yet: grad names them when they are on a differentiated path.
-NOT_YET_DIFFERENTIABLE = frozenset({"cond", "while", "scan", "item", "conv2d", "max_pool2d",
+# Ops the backward pass itself handles: an item routes its cotangent to its control node.
+STRUCTURAL = frozenset({"item"})
+NOT_YET_DIFFERENTIABLE = frozenset({"while", "scan", "conv2d", "max_pool2d",
                                     "avg_pool2d"})
 
 
@@ -74,7 +76,10 @@ def vjp(y, wrt, cotangent):
 
 
 def _differentiable(e) -> bool:
-    """Whether values of `e` carry derivatives (floats; an unknown dtype counts as float)."""
+    """Whether values of `e` carry derivatives (floats; an unknown dtype counts as float;
+    a control node's when any of its results is a float)."""
+    if isinstance(e.dtype, tuple):
+        return any(np.dtype(d).kind == "f" for d in e.dtype)
     return e.dtype is None or (isinstance(e.dtype, np.dtype) and e.dtype.kind == "f")
 
 
@@ -95,6 +100,11 @@ def _backward(y, seed, targets):
         g = cotangents.get(id(e))
         if g is None or not e.args or not any(id(a) in live for a in e.args):
             continue
+        if e.op == "item":  # a control node's result: collect cotangents per result index
+            per_result = cotangents.setdefault(id(e.args[0]), {})
+            k = e.attrs["index"]
+            per_result[k] = g if k not in per_result else per_result[k] + g
+            continue
         op = get_op(e.op)
         if op.grad is None:
             if e.op in NON_DIFFERENTIABLE:
@@ -109,6 +119,53 @@ def _backward(y, seed, targets):
             previous = cotangents.get(id(a))
             cotangents[id(a)] = c if previous is None else previous + c
     return [cotangents[id(t)] if id(t) in cotangents else zeros_like(t) for t in targets]
+
+
+def cond_grad(cts, out, pred, *args, bodies, num_operands, **attrs):
+    """A cond's cotangents flow through the branch that ran: a new cond whose branches are
+    the VJPs of the original branches (the same predicate picks one)."""
+    true_body, false_body = bodies
+    results = [(out.shape[k], out.dtype[k]) for k in range(len(out.shape))] \
+        if isinstance(out.shape, tuple) and out.shape and isinstance(out.shape[0], tuple) else None
+    if results is None:
+        raise ShapeError("grad through cond needs the branch results' shapes: declare the "
+                         "operands' shapes", locs=(user_loc(), out.loc), hint=_DECLARE_HINT)
+    filled = [cts.get(k) if cts.get(k) is not None else fe.broadcast_to(
+        fe.Constant(0, dtype=results[k][1]), results[k][0]) for k in range(len(results))]
+    n_args = len(args)
+
+    def branch_vjp(body):
+        def vjp_fn(*params):
+            values, cotans = params[:n_args], params[n_args:]
+            outputs = _substitute(body.outputs, body.params, values)
+            total = None
+            for o, c in zip(outputs, cotans):
+                if _differentiable(o):
+                    term = fe.sum(o * c)
+                    total = term if total is None else total + term
+            if total is None:
+                return tuple(zeros_like(v) for v in values)
+            return tuple(vjp(total, list(values), fe.Constant(np.ones((), total.dtype))))
+        return vjp_fn
+
+    from .control import cond
+
+    grads = cond(pred, branch_vjp(true_body), branch_vjp(false_body), *args, *filled)
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    return (None,) + tuple(g if _differentiable(a) else None for g, a in zip(grads, args))
+
+
+def _substitute(outputs, params, values):
+    """Copies of the expressions `outputs` with `params` replaced by `values`."""
+    new = {id(p): v for p, v in zip(params, values)}
+    for e in fe.collect(outputs, stop=params):
+        if id(e) in new:
+            continue
+        if not e.args:
+            new[id(e)] = e
+            continue
+        new[id(e)] = fe.apply(e.op, *[new[id(a)] for a in e.args], **e.attrs)
+    return [new[id(o)] for o in outputs]
 
 
 def _like(c, a):

@@ -176,7 +176,13 @@ def _item_infer(in_types, attrs):
     return Typing(tuple(shapes[k]), np.dtype(dtypes[k]))
 
 
-register(Op("cond", "control", _cond_infer, _cond_reference, arity=None,
+def _cond_grad(cts, out, *args, **attrs):
+    from ..autodiff import cond_grad
+
+    return cond_grad(cts, out, *args, **attrs)
+
+
+register(Op("cond", "control", _cond_infer, _cond_reference, arity=None, grad=_cond_grad,
             doc="Run one of two bodies on the operands, chosen by a 0-d predicate."))
 register(Op("while", "control", _while_infer, _while_reference, arity=None,
             doc="Repeat the body on the carried values while the condition body returns true."))
