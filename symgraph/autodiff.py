@@ -25,7 +25,7 @@ NON_DIFFERENTIABLE = frozenset({
 # Ops that exist but have no rule yet: grad names them when they are on a differentiated path.
 # Ops the backward pass itself handles: an item routes its cotangent to its control node.
 STRUCTURAL = frozenset({"item"})
-NOT_YET_DIFFERENTIABLE = frozenset({"while", "scan", "conv2d", "max_pool2d",
+NOT_YET_DIFFERENTIABLE = frozenset({"while", "conv2d", "max_pool2d",
                                     "avg_pool2d"})
 
 
@@ -153,6 +153,70 @@ def cond_grad(cts, out, pred, *args, bodies, num_operands, **attrs):
     grads = cond(pred, branch_vjp(true_body), branch_vjp(false_body), *args, *filled)
     grads = grads if isinstance(grads, tuple) else (grads,)
     return (None,) + tuple(g if _differentiable(a) else None for g, a in zip(grads, args))
+
+
+def scan_grad(cts, out, *args, bodies, num_carried, num_xs, **attrs):
+    """Reverse mode through scan: recompute the forward scan keeping each step's carry, then
+    scan backwards over the steps, each step taking the VJP of the body at that step's
+    carry and row. Captured values' cotangents accumulate in the backward carry."""
+    from .control import scan
+
+    (body,) = bodies
+    n_c, n_x = num_carried, num_xs
+    carry0, xs, caps = list(args[:n_c]), list(args[n_c:n_c + n_x]), list(args[n_c + n_x:])
+    shapes, dtypes = out.shape, out.dtype
+    if not isinstance(shapes, tuple) or any(s is None for s in shapes):
+        raise ShapeError("grad through scan needs the shapes of its results: declare the "
+                         "operands' shapes", locs=(user_loc(), out.loc), hint=_DECLARE_HINT)
+    n_y = len(shapes) - n_c
+
+    def zeros(k):
+        return fe.broadcast_to(fe.Constant(0, dtype=dtypes[k]), shapes[k])
+
+    def run_body(carry, rows):
+        return _substitute(body.outputs, body.params, list(carry) + list(rows) + caps)
+
+    def forward(carry, rows):
+        outs = run_body(carry, rows)
+        return tuple(outs[:n_c]), tuple(carry)  # keep each step's incoming carry
+
+    _, carries = scan(forward, tuple(carry0), tuple(xs))
+    carries = list(carries)
+    ct_ys = [cts.get(n_c + j) if cts.get(n_c + j) is not None else zeros(n_c + j)
+             for j in range(n_y)]
+    ct_final = [cts.get(k) if cts.get(k) is not None else zeros(k) for k in range(n_c)]
+
+    def reverse(e):
+        return e[::-1]
+
+    def backward(state, rows):
+        ct_c, acc = list(state[:n_c]), list(state[n_c:])
+        x_row, c_row, cty_row = rows[:n_x], rows[n_x:n_x + n_c], rows[n_x + n_c:]
+        outs = run_body(c_row, x_row)
+        total = None
+        for o, c in zip(outs, ct_c + list(cty_row)):
+            if _differentiable(o):
+                term = fe.sum(o * c)
+                total = term if total is None else total + term
+        wrt = list(c_row) + list(x_row) + caps
+        if total is None:
+            grads = [zeros_like(w) for w in wrt]
+        else:
+            grads = vjp(total, wrt, fe.Constant(np.ones((), total.dtype)))
+        new_ct_c = grads[:n_c]
+        ct_x = grads[n_c:n_c + n_x]
+        new_acc = [a + g for a, g in zip(acc, grads[n_c + n_x:])]
+        return (*new_ct_c, *new_acc), tuple(ct_x)
+
+    init = tuple(ct_final) + tuple(zeros_like(c) for c in caps)
+    rows = tuple(reverse(x) for x in xs) + tuple(reverse(c) for c in carries) + tuple(
+        reverse(c) for c in ct_ys)
+    final, ct_xs_rev = scan(backward, init, rows)
+    ct_carry0 = list(final[:n_c])
+    ct_caps = list(final[n_c:])
+    ct_xs = [reverse(c) for c in ct_xs_rev]
+    grads = ct_carry0 + ct_xs + ct_caps
+    return tuple(g if _differentiable(a) else None for g, a in zip(grads, args))
 
 
 def _substitute(outputs, params, values):

@@ -130,22 +130,31 @@ def while_loop(cond_fn, body_fn, loop_vars, max_iters=None):
 
 
 def fori_loop(lower, upper, body_fn, init):
-    """``for i in range(lower, upper): val = body_fn(i, val)``; returns the final val."""
+    """``for i in range(lower, upper): val = body_fn(i, val)``; returns the final val.
+
+    With Python int bounds it is a scan over the indices (so grad differentiates it);
+    with symbolic bounds, a while_loop.
+    """
     single = not isinstance(init, (tuple, list))
     values = [init] if single else list(init)
-    max_iters = None
-    if isinstance(lower, int) and isinstance(upper, int):
-        max_iters = max(0, upper - lower)
 
-    def loop_cond(i, *vals):
-        return i < upper
-
-    def loop_body(i, *vals):
+    def step(i, vals):
         result = body_fn(i, vals[0] if single else tuple(vals))
-        result = [result] if single else list(result)
-        return (i + 1, *result)
+        return [result] if single else list(result)
 
-    final = while_loop(loop_cond, loop_body, (lower, *values), max_iters=max_iters)
+    symbolic = any(isinstance(v, Expr) for v in (lower, upper, *values))
+    if symbolic and isinstance(lower, int) and isinstance(upper, int):
+        import numpy as np
+
+        from .frontend import Constant
+
+        indices = Constant(np.arange(lower, max(lower, upper), dtype=np.int64))
+        final, _ = scan(lambda carry, i: (tuple(step(i, list(carry))), ()), tuple(values),
+                        indices)
+        return final[0] if single else tuple(final)
+    max_iters = max(0, upper - lower) if isinstance(lower, int) and isinstance(upper, int) else None
+    final = while_loop(lambda i, *vals: i < upper, lambda i, *vals: (i + 1, *step(i, vals)),
+                       (lower, *values), max_iters=max_iters)
     return final[1] if single else tuple(final[1:])
 
 

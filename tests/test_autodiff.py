@@ -69,6 +69,9 @@ def spec(*shapes, lo=-1.5, hi=1.5):
 
 # Every op with a gradient rule, with operands away from kinks and domain edges.
 OP_CASES = {
+    "scan": [(lambda c, xs: sum(sg.scan(lambda h, r: (sg.tanh(h * 0.9 + r), (h * r).sum()), c, xs)[k].sum()
+                                for k in range(2)), spec((2,), (5, 2))),
+             (lambda v: sg.fori_loop(0, 4, lambda i, u: sg.sin(u) * 2 + i, v), spec((3,)))],
     "cond": [(lambda a, b: sg.cond(a.sum() > 0, lambda u, v: sg.tanh(u * v), lambda u, v: u * u - v,
                                    a, b), spec((3,), ())),
              (lambda a: sg.cond(a.sum() < 0, lambda u: (u * 2, u.sum()), lambda u: (u + 1, u.max()),

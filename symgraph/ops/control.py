@@ -186,7 +186,13 @@ register(Op("cond", "control", _cond_infer, _cond_reference, arity=None, grad=_c
             doc="Run one of two bodies on the operands, chosen by a 0-d predicate."))
 register(Op("while", "control", _while_infer, _while_reference, arity=None,
             doc="Repeat the body on the carried values while the condition body returns true."))
-register(Op("scan", "control", _scan_infer, _scan_reference, arity=None,
+def _scan_grad(cts, out, *args, **attrs):
+    from ..autodiff import scan_grad
+
+    return scan_grad(cts, out, *args, **attrs)
+
+
+register(Op("scan", "control", _scan_infer, _scan_reference, arity=None, grad=_scan_grad,
             doc="Loop over the leading axis of xs with a carry, stacking the per-step results."))
 register(Op("item", "item", _item_infer, lambda t, index: t[index], arity=1,
             doc="Result `index` of a control node."))
