@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, settings
 sys.path.insert(0, os.path.dirname(__file__))  # tests import helpers and strategies
 
 settings.register_profile(
-    "ci", derandomize=True, deadline=None, max_examples=60, print_blob=True,
+    "ci", derandomize=True, deadline=None, max_examples=150, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 settings.register_profile(
     "long", deadline=None, max_examples=2000, print_blob=True,

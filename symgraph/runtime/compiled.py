@@ -151,7 +151,7 @@ def prepare_input(name, value, loc=None) -> np.ndarray:
                                 locs=(loc,), hint="call with numpy arrays or Python scalars")
         try:
             value = np.asarray(value)
-        except (TypeError, ValueError, OverflowError) as exc:
+        except Exception as exc:  # noqa: BLE001  (any failure of __array__ & co.)
             raise ArgumentError(f"input {name!r} is not array-like: {exc}", locs=(loc,)) from None
         if value.dtype.kind in "OUSVMmc" or value.dtype.kind not in "bif":
             raise ArgumentError(f"input {name!r} is not a numeric array (got {value.dtype} "
