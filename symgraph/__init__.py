@@ -10,6 +10,7 @@ from .errors import (
     GraphError,
     IndexOutOfRange,
     NonFiniteError,
+    OutOfMemory,
     SerializationError,
     ShapeError,
     SymgraphError,
@@ -74,7 +75,7 @@ __version__ = "0.1.0"
 __all__ = [
     "argmax", "argmin", "cross_entropy", "one_hot", "take",
     "ArgumentError", "CompileError", "CompiledFunction", "Constant", "DTypeError",
-    "ExecutionError", "Expr", "GraphError", "IndexOutOfRange", "NonFiniteError",
+    "ExecutionError", "Expr", "GraphError", "IndexOutOfRange", "NonFiniteError", "OutOfMemory",
     "SerializationError", "ShapeError", "SymgraphError", "TracerBoolError", "Variable",
     "abs", "absolute", "load", "save", "cond", "fori_loop", "jit", "scan", "while_loop", "astype", "broadcast_to", "clip", "compile", "concatenate", "cos",
     "cosh", "evaluate", "exp", "exp2", "expm1", "floor", "grad", "log", "log1p", "log2", "log10",

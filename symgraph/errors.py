@@ -111,6 +111,10 @@ class ExecutionError(SymgraphError, ValueError):
     """Native code reported an error (for example integer power with a negative exponent)."""
 
 
+class OutOfMemory(SymgraphError, MemoryError):
+    """A call would need more memory for its outputs and intermediates than the machine has."""
+
+
 class SerializationError(SymgraphError, ValueError):
     """A saved graph file is malformed, truncated, of another version or hostile."""
 

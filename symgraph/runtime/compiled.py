@@ -28,12 +28,13 @@ from ..errors import (
     ExecutionError,
     IndexOutOfRange,
     NonFiniteError,
+    OutOfMemory,
     ShapeError,
     SymgraphError,
 )
 from ..frontend import Expr, find_variables, to_graph
 from ..graph import to_text
-from ..infer import specialize
+from ..infer import check_input, specialize
 from ..ops.control import ERR_MAX_ITERS
 from ..ops.indexing import ERR_INDEX_OUT_OF_RANGE
 from ..ops.elementwise import ERR_NEGATIVE_INT_POWER
@@ -143,8 +144,11 @@ def bind_arguments(fn_name, inputs, args, kwargs) -> list:
     return [values[name] for name in inputs]
 
 
-def prepare_input(name, value, loc=None) -> np.ndarray:
-    """An aligned, C-contiguous, native-order array of a supported dtype, or a clear error."""
+def prepare_input(name, value, loc=None, declared=None) -> np.ndarray:
+    """An aligned, C-contiguous, native-order array of a supported dtype, or a clear error.
+
+    `declared` is the Variable's (shape, dtype) declaration: checked before any copy, so a
+    wrong (perhaps enormous, strided) input is an error rather than a huge allocation."""
     if type(value) is not np.ndarray:
         if isinstance(value, Expr):
             raise ArgumentError(f"input {name!r} is a symbolic expression, not an array",
@@ -165,6 +169,9 @@ def prepare_input(name, value, loc=None) -> np.ndarray:
                                hint="convert it with .astype('float64') or another supported dtype")
     flags = value.flags
     if not (flags.c_contiguous and flags.aligned):
+        if declared is not None:
+            check_input(name, declared[0], declared[1], value.shape,
+                        value.dtype.newbyteorder("="), loc)
         value = np.array(value, order="C", copy=True)
     return value
 
@@ -272,6 +279,26 @@ def _contiguous_key(types):
     return tuple(key)
 
 
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 48
+
+
+def _check_call_memory(g):
+    """Refuse, before any allocation, a call whose outputs alone exceed physical memory."""
+    from ..graph import nbytes
+
+    need = sum(nbytes(g.nodes[o]) for o in g.graph["outputs"]
+               if not isinstance(g.nodes[o]["dtype"], tuple))
+    if need > _physical_memory():
+        shapes = ", ".join(str(g.nodes[o]["shape"]) for o in g.graph["outputs"])
+        raise OutOfMemory(f"the outputs of this call need {need / 2**30:.1f} GiB (shapes "
+                          f"{shapes}), more than this machine's memory",
+                          hint="check the input shapes: broadcasting may have made them huge")
+
+
 def _fail(status, exe=None, arrays=()):
     if exe is not None and status >= ERR_NONFINITE_BASE and exe.check_sites:
         raise _nonfinite_error(exe, status - ERR_NONFINITE_BASE, arrays)
@@ -337,6 +364,7 @@ class CompiledFunction:
         self.inputs = [v.attrs["name"] for v in variables]
         self._index = {n: i for i, n in enumerate(self.inputs)}
         self._locs = [v.loc for v in variables]
+        self._declared = [(v.attrs.get("shape"), v.attrs.get("dtype")) for v in variables]
         self.opt_level = opt_level
         self.disable = tuple(disable)
         self.num_threads = num_threads or os.cpu_count() or 1
@@ -451,7 +479,8 @@ class CompiledFunction:
     # --- calling --------------------------------------------------------------------------
     def _bind(self, args, kwargs):
         values = bind_arguments(self.name, self.inputs, args, kwargs)
-        return [prepare_input(name, v, loc) for name, v, loc in zip(self.inputs, values, self._locs)]
+        return [prepare_input(name, v, loc, declared)
+                for name, v, loc, declared in zip(self.inputs, values, self._locs, self._declared)]
 
     @staticmethod
     def _key(arrays):
@@ -585,6 +614,7 @@ def fast({params}{', ' if params else ''}*, out=None):
     def _build(self, types):
         signature = dict(zip(self.inputs, types))
         g = specialize(self._template, signature)
+        _check_call_memory(g)
         n_args = len(self.inputs) + len(g.graph["outputs"])
         options = (self.opt_level, self.disable, tuple(self.passes), self.num_threads)
         # check_finite code reports node numbers assigned while lowering: always lower it.
