@@ -25,7 +25,7 @@ NON_DIFFERENTIABLE = frozenset({
 # Ops that exist but have no rule yet: grad names them when they are on a differentiated path.
 # Ops the backward pass itself handles: an item routes its cotangent to its control node.
 STRUCTURAL = frozenset({"item"})
-NOT_YET_DIFFERENTIABLE = frozenset({"while", "conv2d", "max_pool2d",
+NOT_YET_DIFFERENTIABLE = frozenset({"conv2d", "max_pool2d",
                                     "avg_pool2d"})
 
 
@@ -217,6 +217,40 @@ def scan_grad(cts, out, *args, bodies, num_carried, num_xs, **attrs):
     ct_xs = [reverse(c) for c in ct_xs_rev]
     grads = ct_carry0 + ct_xs + ct_caps
     return tuple(g if _differentiable(a) else None for g, a in zip(grads, args))
+
+
+def while_grad(cts, out, *args, bodies, num_carried, max_iters=None, **attrs):
+    """Reverse mode through while_loop, which needs `max_iters`: the loop is rewritten as a
+    scan of max_iters steps that stop changing the carry once the condition fails (a where
+    on an `active` flag), and that scan is differentiated. The forward values stay the
+    while loop's own."""
+    from .control import scan
+
+    if max_iters is None:
+        raise SymgraphError("grad through while_loop needs max_iters=N: reverse mode must "
+                            "bound the number of steps it records",
+                            locs=(user_loc(), out.loc), hint="pass while_loop(..., max_iters=N)")
+    cond_body, loop_body = bodies
+    n = num_carried
+    carry0, caps = list(args[:n]), list(args[n:])
+
+    def step(state, _i):
+        carry, active = list(state[:n]), state[n]
+        go = _substitute(cond_body.outputs, cond_body.params, carry + caps)[0]
+        go = fe.apply("and", fe.astype(go, "bool"), active)
+        new = _substitute(loop_body.outputs, loop_body.params, carry + caps)
+        return (*[fe.where(go, nw, c) for nw, c in zip(new, carry)], go), ()
+
+    indices = fe.Constant(np.arange(max_iters, dtype=np.int64))
+    final, _ = scan(step, (*carry0, fe.Constant(True)), indices)
+    node = final[0].args[0]  # the scan node behind the items
+    # Differentiate the scan node itself: its rule treats cotangents as constants.
+    grads = scan_grad({k: c for k, c in cts.items() if k < n}, node, *node.args, **node.attrs)
+    by_operand = {}
+    for a, g in zip(node.args, grads):  # a value both carried and captured gets both parts
+        if g is not None:
+            by_operand[id(a)] = g if id(a) not in by_operand else by_operand[id(a)] + g
+    return tuple(by_operand.get(id(a)) if _differentiable(a) else None for a in args)
 
 
 def _substitute(outputs, params, values):

@@ -184,7 +184,13 @@ def _cond_grad(cts, out, *args, **attrs):
 
 register(Op("cond", "control", _cond_infer, _cond_reference, arity=None, grad=_cond_grad,
             doc="Run one of two bodies on the operands, chosen by a 0-d predicate."))
-register(Op("while", "control", _while_infer, _while_reference, arity=None,
+def _while_grad(cts, out, *args, **attrs):
+    from ..autodiff import while_grad
+
+    return while_grad(cts, out, *args, **attrs)
+
+
+register(Op("while", "control", _while_infer, _while_reference, arity=None, grad=_while_grad,
             doc="Repeat the body on the carried values while the condition body returns true."))
 def _scan_grad(cts, out, *args, **attrs):
     from ..autodiff import scan_grad
