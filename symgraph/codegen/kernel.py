@@ -32,6 +32,7 @@ ERR_NONFINITE_BASE = 16  # status 16 + k: check site k went non-finite (check_fi
 NO_CHECK_FAILED = (1 << 62)
 PARALLEL_MIN_ELEMENTS = 1 << 17
 PARALLEL_MIN_FLOPS = 1 << 22  # multiply-adds below which a matmul stays on one thread  # below this, starting threads costs more than it saves
+INLINE_MAX_KERNELS = 8  # more kernels than this stay separate functions
 PARTIAL_SUM_BYTES = 256  # reduction lanes: four 512-bit registers of independent partial sums
 
 
@@ -339,20 +340,28 @@ class GraphLowering:
     def _lower_kernel(self, k):
         g = self.g
         members = self.kernel_members[k]
-        root = members[-1]  # topological order: the root comes last in its kernel
+        root = members[-1]  # topological order: the last result comes last in its kernel
         member_set = set(members)
+        outputs = set(self.outputs)
+        # Several results when sibling kernels were merged: each one stored by the loop.
+        roots = [n for n in members if n == root or n in outputs
+                 or any(g.nodes[u].get("kernel") != k for u in g.successors(n))]
         reads = []
         for n in members:
             for a in g.nodes[n]["args"]:
                 if a not in member_set and a not in reads:
                     reads.append(a)
-        params = [root] + reads
+        params = roots + reads
         name = f"{self.name}.k{k}.{g.nodes[root]['op']}"
         plan = self._parallel_plan(root, member_set) if self.num_threads > 1 else None
         extra = [I64, I64] + ([PTR] if plan and plan[1] == "partials" else []) if plan else []
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * (len(params) + 1) + extra),
                          name + (".range" if plan else ""))
         fn.linkage = "internal"
+        if len(self.kernel_members) > INLINE_MAX_KERNELS:
+            # Inlining every kernel into the entry makes one huge function, and LLVM's
+            # optimization time grows faster than linearly with function size.
+            fn.attributes.add("noinline")
         for arg in fn.args[:len(params)]:
             arg.add_attribute("noalias")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -365,6 +374,7 @@ class GraphLowering:
         if self.check_finite:
             kernel.start_checks()
         kind = get_op(g.nodes[root]["op"]).kind
+        kernel.roots = roots
         {"reduce": kernel.reduce, "matmul": kernel.matmul, "concat": kernel.concat,
          "conv": lambda r: lower_conv(kernel, r), "pool": lambda r: lower_pool(kernel, r),
          "argreduce": kernel.argreduce}.get(
@@ -505,6 +515,7 @@ class _KernelBody:
         self.em = Emitter(b, status_ptr, lowering.math_impl) if b is not None else None
         self.memo = {}
         self.lowering = lowering
+        self.roots = None  # the results this kernel stores (several after sibling merging)
         self.check_slot = None  # with check_finite: the lowest failing check site so far
         self.nonfinite_input = None  # with check_finite: a reduction's input had NaN or inf
         self.outer = None  # (lo, hi): this thread's slice of the outermost loop
@@ -652,12 +663,13 @@ class _KernelBody:
 
     def elementwise(self, root):
         d = self.g.nodes[root]
-        ptr = self.pointers[root]
         em = self.em
+        roots = self.roots or [root]
         if self._flat_ok(root):
             def body(i):
                 self.memo.clear()
-                em.store(d["dtype"], self.value(root, _Flat(i)), ptr, i)
+                for r in roots:
+                    em.store(self.g.nodes[r]["dtype"], self.value(r, _Flat(i)), self.pointers[r], i)
 
             if self.outer is not None:
                 lo, hi = self.outer
@@ -668,7 +680,9 @@ class _KernelBody:
 
         def nest_body(idx):
             self.memo.clear()
-            em.store(d["dtype"], self.value(root, idx), ptr, em.linearize(idx, d["shape"]))
+            offset = em.linearize(idx, d["shape"])
+            for r in roots:
+                em.store(self.g.nodes[r]["dtype"], self.value(r, idx), self.pointers[r], offset)
 
         emit_nest(self.b, d["shape"], nest_body, outer=self.outer)
 

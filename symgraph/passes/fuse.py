@@ -65,11 +65,32 @@ def assign_kernels(g, *, inline: bool):
     # Number kernels by their root's position in topological order: a valid schedule.
     position = {n: i for i, n in enumerate(order)}
     roots = sorted(set(kernel_of.values()), key=position.__getitem__)
-    number = {root: i for i, root in enumerate(roots)}
+    group = _merge_siblings(g, roots, weight) if inline else list(range(len(roots)))
+    number = {root: group[i] for i, root in enumerate(roots)}
     for n, k in kernel_of.items():
         g.nodes[n]["kernel"] = number[k]
-    g.graph["num_kernels"] = len(roots)
-    return g, {"kernels": len(roots), "ops_fused": inlined}
+    count = (group[-1] + 1) if group else 0
+    g.graph["num_kernels"] = count
+    return g, {"kernels": count, "ops_fused": inlined, "kernels_merged": len(roots) - count}
+
+
+def _merge_siblings(g, roots, weight) -> list:
+    """Kernel number per root: consecutive elementwise kernels over the same domain become one
+    loop that stores several results, so a DAG whose nodes have several users still makes
+    one pass. Only consecutive kernels merge, so every dependency still runs forward; a
+    value one member reads from another is computed in the same iteration."""
+    numbers, current, shape, total = [], -1, None, 0
+    for root in roots:
+        d = g.nodes[root]
+        mergeable = get_op(d["op"]).kind in INLINABLE
+        if (mergeable and shape is not None and d["shape"] == shape
+                and total + weight[root] <= MAX_KERNEL_WEIGHT):
+            total += weight[root]
+        else:
+            current += 1
+            shape, total = (d["shape"] if mergeable else None), weight[root]
+        numbers.append(current)
+    return numbers
 
 
 def fuse(g):
