@@ -31,6 +31,7 @@ ERR_NO_MEMORY = 2
 ERR_NONFINITE_BASE = 16  # status 16 + k: check site k went non-finite (check_finite)
 NO_CHECK_FAILED = (1 << 62)
 PARALLEL_MIN_ELEMENTS = 1 << 17
+_TRIG = frozenset({"sin", "cos", "tan"})
 PARALLEL_MIN_FLOPS = 1 << 22  # multiply-adds below which a matmul stays on one thread  # below this, starting threads costs more than it saves
 INLINE_MAX_KERNELS = 8  # more kernels than this stay separate functions
 PARTIAL_SUM_BYTES = 256  # reduction lanes: four 512-bit registers of independent partial sums
@@ -375,16 +376,49 @@ class GraphLowering:
             kernel.start_checks()
         kind = get_op(g.nodes[root]["op"]).kind
         kernel.roots = roots
-        {"reduce": kernel.reduce, "matmul": kernel.matmul, "concat": kernel.concat,
-         "conv": lambda r: lower_conv(kernel, r), "pool": lambda r: lower_pool(kernel, r),
-         "argreduce": kernel.argreduce}.get(
-            kind, kernel.elementwise)(root)
+        emit_body = {"reduce": kernel.reduce, "matmul": kernel.matmul, "concat": kernel.concat,
+                     "conv": lambda r: lower_conv(kernel, r),
+                     "pool": lambda r: lower_pool(kernel, r),
+                     "argreduce": kernel.argreduce}.get(kind, kernel.elementwise)
+        if self.math_impl is not None and any(g.nodes[n]["op"] in _TRIG for n in members):
+            self._with_exact_trig_fallback(kernel, emit_body, root)
+        else:
+            emit_body(root)
         if self.check_finite:
             kernel.report_checks()
         b.ret_void()
         if plan:
             fn = self._parallel_dispatcher(name, fn, len(params), root, plan)
         return fn, params
+
+    def _with_exact_trig_fallback(self, kernel, emit_body, root):
+        """The vectorized sin/cos/tan reduce arguments exactly only up to mathlib.TRIG_RANGE.
+        Run the fast loop while noting whether any argument went past it; if one did, run
+        the kernel again with the C library's exact functions (kernels are pure: the second
+        run rewrites the same results from the same inputs)."""
+        from .mathlib import TRIG_RANGE
+
+        b, em = kernel.b, kernel.em
+        beyond = b.alloca(ir.IntType(1), name="trig_beyond_range")
+        b.store(ir.Constant(ir.IntType(1), 0), beyond)
+        fast = self.math_impl
+
+        def watched(builder, name, *args):
+            if name in _TRIG:
+                x = args[0]
+                limit = TRIG_RANGE[32 if x.type == ir.FloatType() else 64]
+                magnitude = em._intrinsic("llvm.fabs", x)
+                far = builder.fcmp_ordered(">", magnitude, ir.Constant(x.type, limit))
+                builder.store(builder.or_(builder.load(beyond, typ=ir.IntType(1)), far), beyond)
+            return fast(builder, name, *args)
+
+        em.math_impl = watched
+        emit_body(root)
+        with b.if_then(b.load(beyond, typ=ir.IntType(1)), likely=False):
+            em.math_impl = None  # the C library: exact everywhere, scalar
+            kernel.memo.clear()
+            emit_body(root)
+        em.math_impl = fast
 
     def _parallel_plan(self, root, members):
         """(extent, mode) when the kernel's outermost loop is worth splitting across threads."""

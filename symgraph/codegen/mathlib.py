@@ -21,6 +21,10 @@ MATH_FUNCTIONS: dict[str, int] = {
     "atan": 1, "asin": 1, "acos": 1, "pow": 2,
 }
 
+# |x| up to which sin/cos/tan meet their accuracy bounds (Cody-Waite reduction, no
+# Payne-Hanek): a caller needing numpy's results past it must handle those elements itself.
+TRIG_RANGE = {32: 2.0 ** 18, 64: 2.0 ** 45}
+
 F32, F64 = ir.FloatType(), ir.DoubleType()
 INF, NAN = float("inf"), float("nan")
 
@@ -119,7 +123,7 @@ def _round(value: Decimal, bits: int) -> float:
     return x if bits == 64 else struct.unpack("f", struct.pack("f", x))[0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _split(digits: str, bits: int, parts: int = 2) -> tuple[float, ...]:
     """`digits` as a sum of `parts` floats, each the rounding of what the previous ones left."""
     with localcontext() as ctx:
@@ -633,8 +637,10 @@ def _pow_core_f32(m, ax, y):
     c_hi, c_lo = m.split(TWO_LOG2E)
     p = m.mul(u, c_hi)
     p_lo = m.fma(u, c_lo, m.fma(u_lo, c_hi, m.fma(u, c_hi, m.neg(p))))
+    # u^3 P(u^2) in plain float32 from the head of u, plus the first-order term of u's tail
     z = m.mul(u, u)
-    tail = m.mul(m.mul(u, z), m.poly(z, m.coeffs("log2_pow")))
+    coeffs = m.coeffs("log2_pow")
+    tail = m.fma(m.mul(z, 3.0 * coeffs[0]), u_lo, m.mul(m.mul(u, z), m.poly(z, coeffs)))
     hi = m.add(k, p)
     lo = m.add(m.add(m.sub(p, m.sub(hi, k)), p_lo), tail)  # fast two-sum: |k| >= |p| or k = 0
     hi2 = m.add(hi, lo)  # renormalize so that y*lo stays a small correction
@@ -730,7 +736,8 @@ _IMPLS = {
 
 
 def emit_math(builder: ir.IRBuilder, name: str, *args: ir.Value) -> ir.Value:
-    """Call the math function `name` on scalar float or double values (the type of args[0] picks the precision)."""
+    """Call the math function `name` on scalar float or double values (the type of args[0]
+    picks the precision)."""
     arity = MATH_FUNCTIONS.get(name)
     if arity is None:
         raise ValueError(f"unknown math function {name!r}; known: {sorted(MATH_FUNCTIONS)}")
@@ -784,7 +791,8 @@ def _loop_module(names, fty, triple="") -> ir.Module:
 
 
 def _host_compile(module: ir.Module):
-    """Verify, optimize at O3 with loop/SLP vectorization for the host CPU; (engine, llvm module)."""
+    """Verify and optimize at O3 (loop and SLP vectorization) for the host CPU; returns
+    (engine, module, target machine), the engine owning the module."""
     import llvmlite.binding as llvm
 
     llvm.initialize_native_target()

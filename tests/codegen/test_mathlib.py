@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import zlib
 
 import numpy as np
 import pytest
@@ -21,12 +22,12 @@ from symgraph.codegen.mathlib import MATH_FUNCTIONS, emit_math
 # float64 reference is numpy's long double function rounded to float64.
 ULP_BOUNDS = {
     "exp": (1, 1), "exp2": (1, 1), "expm1": (2, 2), "log": (1, 1), "log2": (1, 1),
-    "log10": (1, 1), "log1p": (1, 2), "sin": (2, 1), "cos": (2, 1), "tan": (3, 3),
-    "tanh": (2, 3), "sinh": (2, 2), "cosh": (1, 1), "sigmoid": (2, 2), "atan": (2, 2),
-    "asin": (2, 2), "acos": (1, 1), "pow": (4, 2),
+    "log10": (1, 1), "log1p": (1, 2), "sin": (1, 1), "cos": (1, 1), "tan": (4, 3),
+    "tanh": (2, 3), "sinh": (2, 2), "cosh": (2, 1), "sigmoid": (2, 2), "atan": (2, 2),
+    "asin": (2, 2), "acos": (1, 1), "pow": (2, 2),
 }
 # |x| below which sin/cos/tan meet the bounds (Cody-Waite reduction); see docs/math.md
-TRIG_RANGE = {np.float32: 2.0 ** 18, np.float64: 2.0 ** 45}
+TRIG_RANGE = {np.float32: mathlib.TRIG_RANGE[32], np.float64: mathlib.TRIG_RANGE[64]}
 DTYPES = [np.float32, np.float64]
 F64_REFERENCE_OK = np.finfo(np.longdouble).nmant > 52
 
@@ -136,7 +137,7 @@ def _skip_f64_without_long_double(dtype):
 @pytest.mark.parametrize("name", list(MATH_FUNCTIONS))
 def test_wide_random_inputs(loops, name, dtype):
     _skip_f64_without_long_double(dtype)
-    rng = np.random.default_rng(abs(hash((name, np.dtype(dtype).name))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{name}/{np.dtype(dtype).name}".encode()))
     args = random_args(name, dtype, rng)
     got = loops[dtype][name](*args)
     bound = ULP_BOUNDS[name][dtype == np.float64]
@@ -286,7 +287,9 @@ def test_ir_uses_only_allowed_intrinsics_and_no_branches():
 def test_optimized_ir_has_no_libm_calls():
     """LLVM must not re-recognize the polynomials as exp/log/... calls at O3."""
     engine, mod, _ = mathlib._host_compile(_module_with_every_function())
-    assert not FORBIDDEN.search(str(mod))  # the engine owns mod: keep it alive until here
+    text = str(mod)
+    del engine  # it owns mod, so it lives until the text is taken
+    assert not FORBIDDEN.search(text)
 
 
 def test_emit_math_defines_each_function_once_and_checks_arguments():
@@ -375,12 +378,12 @@ def test_nvptx_kernel_assembles_with_ptxas(tmp_path, bits):
         pytest.skip("ptxas is not on PATH")
     ptx = tmp_path / f"math{bits}.ptx"
     run = subprocess.run([sys.executable, "-c", NVPTX_SCRIPT, bits, str(ptx)],
-                         capture_output=True, text=True, timeout=120)
+                         check=False, capture_output=True, text=True, timeout=120)
     if "No available targets" in run.stderr:
         pytest.skip("this llvmlite build has no NVPTX target")
     assert run.returncode == 0, run.stderr[-3000:]
     text = ptx.read_text()
     assert not re.search(r"\b(call|ex2|lg2|sin|cos)\.", text)
     done = subprocess.run([ptxas, "-arch=sm_80", str(ptx), "-o", str(tmp_path / "math.cubin")],
-                          capture_output=True, text=True, timeout=120)
+                          check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
