@@ -393,12 +393,31 @@ class GraphLowering:
 
     def _with_exact_trig_fallback(self, kernel, emit_body, root):
         """The vectorized sin/cos/tan reduce arguments exactly only up to mathlib.TRIG_RANGE.
-        Run the fast loop while noting whether any argument went past it; if one did, run
-        the kernel again with the C library's exact functions (kernels are pure: the second
-        run rewrites the same results from the same inputs)."""
+        Run the fast loop while noting whether any argument went past it; if one did, call a
+        copy of the kernel built on the C library's exact functions (kernels are pure: it
+        rewrites the same results from the same inputs). The copy is marked optnone, so it
+        costs LLVM next to no compile time; it only runs for such rare arguments."""
         from .mathlib import TRIG_RANGE
 
         b, em = kernel.b, kernel.em
+        fn = b.function
+        exact = ir.Function(self.module, fn.function_type, f"{fn.name}.exact")
+        exact.linkage = "internal"
+        exact.attributes.add("noinline")
+        exact.attributes.add("optnone")
+        eb = ir.IRBuilder(exact.append_basic_block("entry"))
+        copy = _KernelBody(self, eb, kernel.members, {p: exact.args[i] for i, p in enumerate(
+            kernel.pointers)}, exact.args[list(fn.args).index(kernel.em.status_ptr)])
+        copy.roots, copy.em.math_impl = kernel.roots, None
+        if kernel.outer is not None:
+            copy.outer = tuple(exact.args[list(fn.args).index(v)] for v in kernel.outer)
+        if kernel.partial_out is not None:
+            copy.partial_out = exact.args[list(fn.args).index(kernel.partial_out)]
+        body_of = {"reduce": copy.reduce, "matmul": copy.matmul, "concat": copy.concat,
+                   "argreduce": copy.argreduce}
+        body_of.get(get_op(self.g.nodes[root]["op"]).kind, copy.elementwise)(root)
+        eb.ret_void()
+
         beyond = b.alloca(ir.IntType(1), name="trig_beyond_range")
         b.store(ir.Constant(ir.IntType(1), 0), beyond)
         fast = self.math_impl
@@ -414,11 +433,9 @@ class GraphLowering:
 
         em.math_impl = watched
         emit_body(root)
-        with b.if_then(b.load(beyond, typ=ir.IntType(1)), likely=False):
-            em.math_impl = None  # the C library: exact everywhere, scalar
-            kernel.memo.clear()
-            emit_body(root)
         em.math_impl = fast
+        with b.if_then(b.load(beyond, typ=ir.IntType(1)), likely=False):
+            b.call(exact, list(fn.args))
 
     def _parallel_plan(self, root, members):
         """(extent, mode) when the kernel's outermost loop is worth splitting across threads."""
