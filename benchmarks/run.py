@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 
 import harness  # noqa: E402
 
-SUITES = ("elementwise", "compile", "memory", "reductions", "matmul", "nn")
+SUITES = ("elementwise", "compile", "memory", "reductions", "matmul", "nn", "train")
 
 
 def machine() -> dict:
