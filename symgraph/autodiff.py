@@ -25,8 +25,7 @@ NON_DIFFERENTIABLE = frozenset({
 # Ops that exist but have no rule yet: grad names them when they are on a differentiated path.
 # Ops the backward pass itself handles: an item routes its cotangent to its control node.
 STRUCTURAL = frozenset({"item"})
-NOT_YET_DIFFERENTIABLE = frozenset({"conv2d", "max_pool2d",
-                                    "avg_pool2d"})
+NOT_YET_DIFFERENTIABLE = frozenset()
 
 
 def grad(y, wrt):

@@ -69,6 +69,14 @@ def spec(*shapes, lo=-1.5, hi=1.5):
 
 # Every op with a gradient rule, with operands away from kinks and domain edges.
 OP_CASES = {
+    "conv2d": [(lambda x, w: sg.conv2d(x, w), spec((2, 3, 5, 5), (4, 3, 3, 3))),
+               (lambda x, w: sg.conv2d(x, w, stride=2, padding=1), spec((1, 2, 6, 7), (3, 2, 3, 2))),
+               (lambda x, w: sg.conv2d(x, w, padding=(2, 1), dilation=2, groups=2),
+                spec((2, 4, 7, 6), (6, 2, 2, 3)))],
+    "avg_pool2d": [(lambda x: sg.avg_pool2d(x, 2, padding=1), spec((1, 2, 5, 4))),
+                   (lambda x: sg.avg_pool2d(x, 3, stride=1), spec((1, 2, 5, 5)))],
+    "max_pool2d": [(lambda x: sg.max_pool2d(x, 2), spec((2, 2, 4, 6))),
+                   (lambda x: sg.max_pool2d(x, 3, stride=1, padding=1), spec((1, 2, 5, 5)))],
     "while": [(lambda a, b: sg.while_loop(lambda v: v.sum() < 30.0, lambda v: v * b + 0.1 * sg.sin(v), a,
                                           max_iters=20)[0], spec((3,), (), lo=1.1, hi=1.5))],
     "scan": [(lambda c, xs: sum(sg.scan(lambda h, r: (sg.tanh(h * 0.9 + r), (h * r).sum()), c, xs)[k].sum()

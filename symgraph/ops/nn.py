@@ -91,7 +91,129 @@ def _conv_reference(x, w, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups
     return np.matmul(weights[None], cols).reshape(n, o, oh, ow).astype(x.dtype, copy=False)
 
 
+# --- gradient rules: expressed with conv2d itself and movement ops ------------------------
+
+def _ad():
+    from .. import autodiff
+
+    return autodiff
+
+
+def _pad_or_crop(e, axis, before, after, value=None):
+    """Pad `e` along `axis` (with zeros, or `value`), or crop where an amount is negative."""
+    ad, fe = _ad(), _fe()
+    n = e.shape[axis]
+    if before < 0 or after < 0:
+        e = ad.axis_slice(e, axis, max(0, -before), n - max(0, -after))
+    before, after = max(0, before), max(0, after)
+    if value is None:
+        return ad.pad_axis(e, axis, before, after)
+    parts = []
+    for count in (before, None, after):
+        if count is None:
+            parts.append(e)
+        elif count:
+            shape = e.shape[:axis] + (count,) + e.shape[axis + 1:]
+            parts.append(fe.broadcast_to(fe.Constant(value, dtype=e.dtype), shape))
+    return parts[0] if len(parts) == 1 else fe.concatenate(parts, axis)
+
+
+def _dilate(e, axis, step):
+    """Insert step - 1 zeros between neighbours along `axis` (length n -> (n-1)*step + 1)."""
+    if step == 1 or e.shape[axis] == 0:
+        return e
+    ad, fe = _ad(), _fe()
+    n = e.shape[axis]
+    spread = fe.reshape(e, e.shape[:axis + 1] + (1,) + e.shape[axis + 1:])
+    spread = ad.pad_axis(spread, axis + 1, 0, step - 1)
+    spread = fe.reshape(spread, e.shape[:axis] + (n * step,) + e.shape[axis + 1:])
+    return ad.axis_slice(spread, axis, 0, (n - 1) * step + 1)
+
+
+def _conv_input_grad(g, x_shape, w, stride, padding, dilation, groups):
+    """d(conv2d)/dx: a stride-1 convolution of the stride-dilated, padded cotangent with the
+    flipped weights, input and output channels swapped within each group."""
+    fe = _fe()
+    _, c, h, wd = x_shape
+    o, cg, kh, kw = w.shape
+    og = o // groups
+    gd = _dilate(_dilate(g, 2, stride[0]), 3, stride[1])
+    for axis, size, k, s, p, d in ((2, h, kh, stride[0], padding[0], dilation[0]),
+                                   (3, wd, kw, stride[1], padding[1], dilation[1])):
+        before = (k - 1) * d - p
+        after = size + p - (g.shape[axis] - 1) * s - 1
+        gd = _pad_or_crop(gd, axis, before, after)
+    wt = fe.reshape(fe.transpose(fe.reshape(w, (groups, og, cg, kh, kw)), (0, 2, 1, 3, 4)),
+                    (c, og, kh, kw))
+    wt = wt[:, :, ::-1, ::-1]
+    return conv2d(gd, wt, stride=1, padding=0, dilation=dilation, groups=groups)
+
+
+def _conv_grad(g, out, x, w, stride=1, padding=0, dilation=1, groups=1):
+    """Cotangents of conv2d's input and weights, both as convolutions."""
+    ad, fe = _ad(), _fe()
+    x_shape, w_shape = ad.shape_of(x, "conv2d"), ad.shape_of(w, "conv2d")
+    stride = _pair("conv2d", "stride", stride, 1)
+    padding = _pair("conv2d", "padding", padding, 0)
+    dilation = _pair("conv2d", "dilation", dilation, 1)
+    gx = _conv_input_grad(g, x_shape, w, stride, padding, dilation, groups)
+    # dW: channels play the batch, the batch plays the channels; stride and dilation swap.
+    o, cg, kh, kw = w_shape
+    og = o // groups
+    every = conv2d(fe.transpose(x, (1, 0, 2, 3)), fe.transpose(g, (1, 0, 2, 3)),
+                      stride=dilation, padding=padding, dilation=stride)
+    every = every[:, :, :kh, :kw]
+    blocks = [fe.transpose(every[k * cg:(k + 1) * cg, k * og:(k + 1) * og], (1, 0, 2, 3))
+              for k in range(groups)]
+    gw = blocks[0] if groups == 1 else fe.concatenate(blocks, 0)
+    return gx, gw
+
+
+def _pool_attrs(name, attrs):
+    kernel = _pair(name, "kernel_size", attrs["kernel_size"], 1)
+    stride = _pair(name, "stride", attrs.get("stride") or kernel, 1)
+    padding = _pair(name, "padding", attrs.get("padding", 0), 0)
+    return kernel, stride, padding
+
+
+def _avg_pool_grad(g, out, x, **attrs):
+    """avg_pool2d is a depthwise convolution with 1/(kh*kw) weights: the same input rule."""
+    ad, fe = _ad(), _fe()
+    kernel, stride, padding = _pool_attrs("avg_pool2d", attrs)
+    x_shape = ad.shape_of(x, "avg_pool2d")
+    c = x_shape[1]
+    dtype = out.dtype if isinstance(out.dtype, np.dtype) else np.dtype(np.float64)
+    ones = fe.Constant(np.full((c, 1) + kernel, 1.0 / (kernel[0] * kernel[1]), dtype))
+    return (_conv_input_grad(g, x_shape, ones, stride, padding, (1, 1), c),)
+
+
+def _max_pool_grad(g, out, x, **attrs):
+    """Each window's cotangent goes to its maximal elements, shared evenly between ties."""
+    ad, fe = _ad(), _fe()
+    (kh, kw), (sh, sw), (ph, pw) = _pool_attrs("max_pool2d", attrs)
+    n, c, h, w = ad.shape_of(x, "max_pool2d")
+    oh, ow = out.shape[2], out.shape[3]
+    padded = _pad_or_crop(_pad_or_crop(x, 2, ph, ph, -np.inf), 3, pw, pw, -np.inf)
+    hits = []
+    for a in range(kh):
+        for b in range(kw):
+            window = padded[:, :, a:a + (oh - 1) * sh + 1:sh, b:b + (ow - 1) * sw + 1:sw]
+            hits.append(((a, b), fe.astype(fe.apply("eq", window, out), g.dtype)))
+    count = hits[0][1]
+    for _, hit in hits[1:]:
+        count = count + hit
+    share = g / fe.maximum(count, 1)
+    total = None
+    for (a, b), hit in hits:
+        placed = _dilate(_dilate(hit * share, 2, sh), 3, sw)
+        placed = _pad_or_crop(placed, 2, a, h + 2 * ph - a - (oh - 1) * sh - 1)
+        placed = _pad_or_crop(placed, 3, b, w + 2 * pw - b - (ow - 1) * sw - 1)
+        total = placed if total is None else total + placed
+    return (total[:, :, ph:ph + h, pw:pw + w],)
+
+
 register(Op("conv2d", "conv", _conv_infer, _conv_reference, arity=2,
+            grad=lambda g, out, x, w, **attrs: _conv_grad(g, out, x, w, **attrs),
             doc="2-d cross-correlation (PyTorch conv2d): NCHW input, OIHW weights."))
 
 
@@ -140,8 +262,10 @@ def _avg_pool_reference(x, kernel_size, stride, padding):
 
 
 register(Op("max_pool2d", "pool", _pool_rule("max_pool2d"), _max_pool_reference, arity=1,
+            grad=lambda g, out, x, **attrs: _max_pool_grad(g, out, x, **attrs),
             doc="Max over each window of an NCHW input; padding never wins; NaN propagates."))
 register(Op("avg_pool2d", "pool", _pool_rule("avg_pool2d"), _avg_pool_reference, arity=1,
+            grad=lambda g, out, x, **attrs: _avg_pool_grad(g, out, x, **attrs),
             doc="Mean over each window of an NCHW input, padding counted as zeros."))
 
 
