@@ -23,6 +23,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 import symgraph as sg
+from symgraph.frontend import apply
 
 DTYPE_NAMES = ("bool", "int32", "int64", "float32", "float64")
 
@@ -114,25 +115,13 @@ KINDS = ["binary", "binary", "binary", "scalar", "unary", "unary", "approx", "re
 
 
 def _binary(name, a, b):
-    import operator
-
-    fns = {"add": operator.add, "sub": operator.sub, "mul": operator.mul,
-           "div": operator.truediv, "floordiv": operator.floordiv, "mod": operator.mod,
-           "pow": operator.pow, "lt": operator.lt, "le": operator.le, "gt": operator.gt,
-           "ge": operator.ge, "eq": operator.eq, "ne": operator.ne, "and": operator.and_,
-           "or": operator.or_, "xor": operator.xor, "maximum": sg.maximum,
-           "minimum": sg.minimum}
-    return fns[name](a, b)
+    """Apply the binary op registered as `name` (symbolically, or eagerly on arrays)."""
+    return apply(name, a, b)
 
 
 def _unary(name, a):
-    if name == "neg":
-        return -a
-    if name == "abs":
-        return abs(a)
-    if name == "invert":
-        return ~a
-    return getattr(sg, name)(a)
+    """Apply the unary op registered as `name` (relu is a frontend function, not an op)."""
+    return sg.relu(a) if name == "relu" else apply(name, a)
 
 
 def _merge(*values, rtol=0.0):

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import symgraph as sg
+from strategies import _binary, _unary  # noqa: E402  (one op-by-name helper)
 from symgraph.passes import OPTIMIZING
 
 DTYPES = ("bool", "int32", "int64", "float32", "float64")
@@ -110,26 +111,6 @@ STEPS = ["binary"] * 4 + ["scalar"] * 3 + ["unary"] * 2 + ["approx", "reduce", "
          "argreduce", "movement", "movement", "movement", "movement", "cast", "cast", "where", "concat",
          "matmul", "take", "clip", "loop", "cond", "nn"]
 CONTROL = {"loop", "cond"}
-
-
-def _binary(name, a, b):
-    import operator as o
-
-    table = {"add": o.add, "sub": o.sub, "mul": o.mul, "div": o.truediv, "floordiv": o.floordiv,
-             "mod": o.mod, "pow": o.pow, "lt": o.lt, "le": o.le, "gt": o.gt, "ge": o.ge,
-             "eq": o.eq, "ne": o.ne, "and": o.and_, "or": o.or_, "xor": o.xor,
-             "maximum": sg.maximum, "minimum": sg.minimum}
-    return table[name](a, b)
-
-
-def _unary(name, a):
-    if name == "neg":
-        return -a
-    if name == "abs":
-        return abs(a)
-    if name == "invert":
-        return ~a
-    return getattr(sg, name)(a)
 
 
 def _is_float(e):

@@ -18,7 +18,8 @@ import sys
 import numpy as np
 from llvmlite import ir
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)),
+                os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
 
 import harness  # noqa: E402
 from symgraph.codegen import emit  # noqa: E402

@@ -15,8 +15,9 @@ def hunt(name):
     env = dict(os.environ, SYMGRAPH_CACHE="0")
     done = subprocess.run([sys.executable, os.path.join(HERE, "planted.py"), name],
                           capture_output=True, text=True, timeout=600, env=env)
-    if done.returncode != 0:  # a crash of native code is a catch too
-        return {"bug": name, "caught": True, "batches": None, "first": f"exit {done.returncode}"}
+    if done.returncode < 0:  # native code killed by a signal: the harness caught the bug too
+        return {"bug": name, "caught": True, "batches": None, "first": f"signal {-done.returncode}"}
+    assert done.returncode == 0, f"planting {name!r} failed:\n{done.stderr[-2000:]}"
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
