@@ -812,16 +812,10 @@ class _KernelBody:
 
             emit_nest(b, kept, outer, "o", outer=self.outer)
             return
-        # Otherwise walk the input in row-major order, accumulating into the output.
+        # Otherwise walk the input in row-major order, accumulating into the output: every
+        # reduction's rule makes its output dtype the accumulator's, so the output can hold it.
         out_size = math.prod(d["shape"])
-        same = out_dtype == acc_dtype
-
-        def init(i):
-            em.store(out_dtype, em.cast(acc_dtype, out_dtype, identity) if not same else identity, ptr, i)
-
-        if not same:
-            raise NotImplementedError("non-suffix reductions accumulate in the output dtype")
-        emit_loop(b, out_size, init, "init")
+        emit_loop(b, out_size, lambda i: em.store(acc_dtype, identity, ptr, i), "init")
 
         def body(idx):
             self.memo.clear()
