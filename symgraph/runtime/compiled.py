@@ -625,23 +625,16 @@ def fast({params}{', ' if params else ''}*, out=None):
             if found is not None:
                 return self._cached_executable(g, n_args, *found)
         g, log, stages = self._optimize(g)
-        wrapper = f"{self.name}.py"
         check_sites = []
-
-        def lower():
-            return lower_graph(g, self.name, _math_impl(), num_threads=self.num_threads,
-                               check_finite=self.check_finite, check_sites=check_sites)
-
+        module = lower_graph(g, self.name, _math_impl(), num_threads=self.num_threads,
+                             check_finite=self.check_finite, check_sites=check_sites)
+        wrapper = _add_python_entry(module, self.name, n_args)
         out_types = [(g.nodes[o]["shape"], g.nodes[o]["dtype"]) for o in g.graph["outputs"]]
         if key is not None:
-            module = lower()
-            _add_python_entry(module, self.name, n_args)
             meta = {"workspace_bytes": int(g.graph.get("workspace_bytes", 0)),
                     "out_types": [[list(s), d.str] for s, d in out_types]}
             library = persistent_cache.build(key, str(module), self.name, meta)
         else:
-            module = lower()
-            wrapper = _add_python_entry(module, self.name, n_args)
             library = CodeLibrary(module, self.name)
         if DUMP_DIR:
             from ..inspect import dump_compilation
@@ -672,6 +665,7 @@ def fast({params}{', ' if params else ''}*, out=None):
         out_types = [(tuple(s), np.dtype(d)) for s, d in meta["out_types"]]
         return _CachedExecutable(lambda: self._optimize(g), library, cfunc, out_types,
                                  meta["workspace_bytes"])
+
 
 def compile(*outputs, inputs=None, opt_level=2, disable=(), name="symgraph_main", verify=None,
             num_threads=None, check_finite=False, target="cpu", arch=None):
