@@ -365,7 +365,7 @@ def optimized_ir(library) -> str:
 
     cpu.initialize()
     mod = llvm.parse_assembly(library.llvm_ir)
-    cpu.optimize(mod, cpu.target_machine(), cpu.speed_level_for(mod))
+    cpu.optimize(mod, cpu.target_machine())
     return str(mod)
 
 

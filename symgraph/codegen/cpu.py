@@ -36,21 +36,29 @@ def target_machine(cpu: str | None = None, features: str | None = None, opt: int
                                         codemodel="default")
 
 
-def optimize(module_ref, tm, speed_level: int = 3) -> None:
-    """Run LLVM's standard pipeline with loop and SLP vectorization on."""
+# Past this many instructions, loops are vectorized but not also interleaved and unrolled:
+# on large fused bodies that multiplies code size (and LLVM's time) for no measured gain.
+LARGE_MODULE_INSTRUCTIONS = 4_000
+
+
+def optimize(module_ref, tm, speed_level: int | None = None) -> None:
+    """Run LLVM's standard pipeline with loop and SLP vectorization on; the effort follows
+    the module's size unless `speed_level` is given."""
+    size = module_size(module_ref)
+    if speed_level is None:
+        speed_level = 1 if size > 60_000 else 3
     pto = llvm.create_pipeline_tuning_options(speed_level=speed_level)
     pto.loop_vectorization = speed_level >= 2
     pto.slp_vectorization = speed_level >= 2
+    if size > LARGE_MODULE_INSTRUCTIONS:
+        pto.loop_interleaving = False
+        pto.loop_unrolling = False
     pb = llvm.create_pass_builder(tm, pto)
     pb.getModulePassManager().run(module_ref, pb)
 
 
-def speed_level_for(module_ref) -> int:
-    """Large modules get less optimization effort, so compile time stays near linear."""
-    size = sum(1 for f in module_ref.functions for b in f.blocks for _ in b.instructions)
-    if size > 60_000:
-        return 1
-    return 3
+def module_size(module_ref) -> int:
+    return sum(1 for f in module_ref.functions for b in f.blocks for _ in b.instructions)
 
 
 class CodeLibrary:
@@ -66,7 +74,7 @@ class CodeLibrary:
         except RuntimeError as exc:
             raise CompileError(f"LLVM rejected the generated module: {exc}") from None
         self.tm = target_machine()
-        optimize(mod, self.tm, speed_level_for(mod))
+        optimize(mod, self.tm)
         self.optimized_ir = str(mod) if keep_stages else None
         self._mod = mod
         self.engine = llvm.create_mcjit_compiler(mod, self.tm)
