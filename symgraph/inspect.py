@@ -365,7 +365,7 @@ def optimized_ir(library) -> str:
 
     cpu.initialize()
     mod = llvm.parse_assembly(library.llvm_ir)
-    cpu.optimize(mod, cpu.target_machine())
+    cpu.optimize(mod, cpu.target_machine(), library.llvm_ir)
     return str(mod)
 
 

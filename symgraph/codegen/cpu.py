@@ -41,10 +41,10 @@ def target_machine(cpu: str | None = None, features: str | None = None, opt: int
 LARGE_MODULE_INSTRUCTIONS = 4_000
 
 
-def optimize(module_ref, tm, speed_level: int | None = None) -> None:
+def optimize(module_ref, tm, llvm_ir: str, speed_level: int | None = None) -> None:
     """Run LLVM's standard pipeline with loop and SLP vectorization on; the effort follows
-    the module's size unless `speed_level` is given."""
-    size = module_size(module_ref)
+    the module's size (counted in `llvm_ir`, its text) unless `speed_level` is given."""
+    size = ir_size(llvm_ir)
     if speed_level is None:
         speed_level = 1 if size > 60_000 else 3
     pto = llvm.create_pipeline_tuning_options(speed_level=speed_level)
@@ -57,8 +57,10 @@ def optimize(module_ref, tm, speed_level: int | None = None) -> None:
     pb.getModulePassManager().run(module_ref, pb)
 
 
-def module_size(module_ref) -> int:
-    return sum(1 for f in module_ref.functions for b in f.blocks for _ in b.instructions)
+def ir_size(llvm_ir: str) -> int:
+    """Instructions in a module, counted in its text: walking them through the FFI one by
+    one, or printing a parsed module again, costs more than the count is worth."""
+    return llvm_ir.count("\n  ")
 
 
 class CodeLibrary:
@@ -74,7 +76,7 @@ class CodeLibrary:
         except RuntimeError as exc:
             raise CompileError(f"LLVM rejected the generated module: {exc}") from None
         self.tm = target_machine()
-        optimize(mod, self.tm)
+        optimize(mod, self.tm, self.llvm_ir)
         self.optimized_ir = str(mod) if keep_stages else None
         self._mod = mod
         self.engine = llvm.create_mcjit_compiler(mod, self.tm)

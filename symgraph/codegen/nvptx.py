@@ -556,7 +556,7 @@ def lower_graph_ptx(g, name: str, arch: str = DEFAULT_ARCH) -> GpuProgram:
         mod.verify()
     except RuntimeError as exc:
         raise CompileError(f"LLVM rejected the generated NVPTX module: {exc}") from None
-    optimize(mod, tm, 3)
+    optimize(mod, tm, text, speed_level=3)
     _check_optimized(mod)
     ptx = tm.emit_assembly(mod)
     return GpuProgram(ptx, text, arch, lowering.steps, lowering.scratch)

@@ -212,7 +212,7 @@ def compile_object(llvm_ir: str, tm) -> bytes:
         mod.verify()
     except RuntimeError as exc:
         raise CompileError(f"LLVM rejected the generated module: {exc}") from None
-    cpu.optimize(mod, tm)
+    cpu.optimize(mod, tm, llvm_ir)
     return tm.emit_object(mod)
 
 
@@ -245,7 +245,7 @@ class ObjectLibrary:
     def asm(self) -> str:
         mod = llvm.parse_assembly(self.llvm_ir)
         tm = cpu.target_machine()
-        cpu.optimize(mod, tm)
+        cpu.optimize(mod, tm, self.llvm_ir)
         return tm.emit_assembly(mod)
 
 
