@@ -319,3 +319,15 @@ def test_random_graphs_match_finite_differences(steps, seed):
         if np.any(np.abs(fd) > 1e4):
             continue
         np.testing.assert_allclose(g, fd, rtol=1e-4, atol=1e-5)
+
+
+def test_grad_inside_jit_needs_no_declared_shapes():
+    @sg.jit
+    def step(w, b, x):
+        return tuple(sg.grad(sg.tanh(w * x + b).sum(), [w, b]))
+
+    x = np.array([1.0, 2.0])
+    gw, gb = step(np.float64(0.5), np.float64(0.1), x)
+    slope = 1 - np.tanh(0.5 * x + 0.1) ** 2
+    np.testing.assert_allclose(gw, slope @ x, rtol=1e-12)
+    np.testing.assert_allclose(gb, slope.sum(), rtol=1e-12)
