@@ -11,6 +11,7 @@ a buffer that anything it reads lives in.
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
 
@@ -34,6 +35,11 @@ PARALLEL_MIN_ELEMENTS = 1 << 17
 _TRIG = frozenset({"sin", "cos", "tan"})
 PARALLEL_MIN_FLOPS = 1 << 22  # multiply-adds below which a matmul stays on one thread  # below this, starting threads costs more than it saves
 INLINE_MAX_KERNELS = 8  # more kernels than this stay separate functions
+# Past this many math calls in a module, each math function is one out-of-line copy with
+# SIMD variants rather than inlined at every use: LLVM's time follows code size, and inlined
+# math is most of a transcendental-heavy graph's code. Small graphs keep inlining, which
+# saves the call and the register spills around it.
+OUTLINE_MATH_CALLS = 32
 PARTIAL_SUM_BYTES = 256  # reduction lanes: four 512-bit registers of independent partial sums
 
 
@@ -58,8 +64,15 @@ class GraphLowering:
     """Builds the LLVM module for one typed, scheduled and planned graph."""
 
     def __init__(self, g, name: str, math_impl=None, triple: str = "", module=None,
-                 num_threads: int = 1, check_finite: bool = False, check_sites=None):
+                 num_threads: int = 1, check_finite: bool = False, check_sites=None,
+                 outline_math: bool = False):
         self.g = g
+        # Outlined math (see OUTLINE_MATH_CALLS) handles far trig arguments inside sin/cos/tan
+        # lane by lane; inlined math needs the exact copy of the kernel instead.
+        self.outline_math = outline_math and math_impl is not None
+        self.plain_math_impl = math_impl
+        if self.outline_math:
+            math_impl = functools.partial(math_impl, outlined=True)
         self.check_finite = check_finite
         # With check_finite, each checked node gets a number; native code reports the first.
         self.check_sites = [] if check_sites is None else check_sites
@@ -175,9 +188,10 @@ class GraphLowering:
     # --- control flow ------------------------------------------------------------------------
     def _lower_body(self, root, i):
         body = self.g.nodes[root]["attrs"]["bodies"][i]
-        lowering = GraphLowering(body, f"{self.name}.n{root}.b{i}", self.math_impl,
+        lowering = GraphLowering(body, f"{self.name}.n{root}.b{i}", self.plain_math_impl,
                                  module=self.module, num_threads=self.num_threads,
-                                 check_finite=self.check_finite, check_sites=self.check_sites)
+                                 check_finite=self.check_finite, check_sites=self.check_sites,
+                                 outline_math=self.outline_math)
         lowering.lower()
         fn = self.module.get_global(lowering.name)
         fn.linkage = "internal"
@@ -380,7 +394,8 @@ class GraphLowering:
                      "conv": lambda r: lower_conv(kernel, r),
                      "pool": lambda r: lower_pool(kernel, r),
                      "argreduce": kernel.argreduce}.get(kind, kernel.elementwise)
-        if self.math_impl is not None and any(g.nodes[n]["op"] in _TRIG for n in members):
+        if (self.math_impl is not None and not self.outline_math
+                and any(g.nodes[n]["op"] in _TRIG for n in members)):
             self._with_exact_trig_fallback(kernel, emit_body, root)
         else:
             emit_body(root)
@@ -975,10 +990,24 @@ def lower_graph(g, name="symgraph_main", math_impl=None, triple="", num_threads=
         sys.setrecursionlimit(needed)
     try:
         return GraphLowering(g, name, math_impl, triple, num_threads=num_threads,
-                             check_finite=check_finite, check_sites=check_sites).lower()
+                             check_finite=check_finite, check_sites=check_sites,
+                             outline_math=_math_calls(g) > OUTLINE_MATH_CALLS).lower()
     finally:
         if needed > old:
             sys.setrecursionlimit(old)
+
+
+def _math_calls(g) -> int:
+    """Transcendental ops (exp, tanh, pow, ...) in the graph and its bodies."""
+    from .mathlib import MATH_FUNCTIONS
+
+    total = 0
+    for _, d in g.nodes(data=True):
+        total += d["op"] in MATH_FUNCTIONS
+        for body in d["attrs"].get("bodies", ()) if isinstance(d.get("attrs"), dict) else ():
+            if hasattr(body, "number_of_nodes"):
+                total += _math_calls(body)
+    return total
 
 
 def _total_nodes(g) -> int:

@@ -156,18 +156,26 @@ class _Emit:
     def __init__(self, builder: ir.IRBuilder, fty: ir.Type):
         self.b = builder
         self.fty = fty
-        self.bits = 64 if isinstance(fty, ir.DoubleType) else 32
-        self.ity = ir.IntType(self.bits)
+        # A vector type runs the same algorithm on every lane (constants become splats).
+        self.lanes = fty.count if isinstance(fty, ir.VectorType) else None
+        scalar = fty.element if self.lanes else fty
+        self.bits = 64 if isinstance(scalar, ir.DoubleType) else 32
+        self._scalar_f, self._scalar_i = scalar, ir.IntType(self.bits)
+        self.ity = ir.VectorType(self._scalar_i, self.lanes) if self.lanes else self._scalar_i
         self.mant = 52 if self.bits == 64 else 23
         self.bias = 1023 if self.bits == 64 else 127
         self.min_normal = 2.0 ** (1 - self.bias)
 
     # --- constants ----------------------------------------------------------------------------
     def _v(self, x):
-        return x if isinstance(x, ir.Value) else ir.Constant(self.fty, float(x))
+        return x if isinstance(x, ir.Value) else self._splat(self._scalar_f, float(x))
 
     def i(self, v):
-        return ir.Constant(self.ity, v)
+        return self._splat(self._scalar_i, v)
+
+    def _splat(self, ty, value):
+        c = ir.Constant(ty, value)
+        return ir.Constant(ir.VectorType(ty, self.lanes), [c] * self.lanes) if self.lanes else c
 
     def split(self, digits, parts=2):
         return _split(digits, self.bits, parts)
@@ -192,12 +200,14 @@ class _Emit:
         return self.b.fneg(self._v(a))
 
     def fma(self, a, b, c):
-        return self.b.fma(self._v(a), self._v(b), self._v(c))
+        return self._intr("llvm.fma", a, b, c)
 
     def _intr(self, name, *args):
         args = [self._v(a) for a in args]
         fnty = ir.FunctionType(self.fty, [self.fty] * len(args))
-        fn = self.b.module.declare_intrinsic(name, [self.fty], fnty)
+        suffix = f"v{self.lanes}f{self.bits}" if self.lanes else f"f{self.bits}"
+        module = self.b.module
+        fn = module.globals.get(f"{name}.{suffix}") or ir.Function(module, fnty, f"{name}.{suffix}")
         return self.b.call(fn, args)
 
     def abs(self, a):
@@ -735,9 +745,15 @@ _IMPLS = {
 }
 
 
-def emit_math(builder: ir.IRBuilder, name: str, *args: ir.Value) -> ir.Value:
+def emit_math(builder: ir.IRBuilder, name: str, *args: ir.Value, outlined: bool = False) -> ir.Value:
     """Call the math function `name` on scalar float or double values (the type of args[0]
-    picks the precision)."""
+    picks the precision).
+
+    By default the body is inlined at every use. ``outlined=True`` calls one shared copy per
+    module instead, declared with SIMD variants that LLVM's loop vectorizer calls for whole
+    vectors (the vector-function ABI): for kernels with hundreds of math calls this keeps
+    the module, and LLVM's time on it, a fraction of the inlined size.
+    """
     arity = MATH_FUNCTIONS.get(name)
     if arity is None:
         raise ValueError(f"unknown math function {name!r}; known: {sorted(MATH_FUNCTIONS)}")
@@ -748,21 +764,104 @@ def emit_math(builder: ir.IRBuilder, name: str, *args: ir.Value) -> ir.Value:
         raise TypeError(f"math function {name!r} needs float or double arguments of one type, "
                         f"got {', '.join(str(a.type) for a in args)}")
     module = builder.module
-    fname = f"symgraph.{name}.{'f64' if isinstance(fty, ir.DoubleType) else 'f32'}"
+    tag = "f64" if isinstance(fty, ir.DoubleType) else "f32"
+    if not outlined:
+        fn = _define_math(module, f"symgraph.{name}.{tag}", name, fty)
+        fn.attributes.add("alwaysinline")
+        return builder.call(fn, list(args))
+    fname = f"symgraph_{name}_{tag}"
     fn = module.globals.get(fname)
     if fn is None:
-        fn = ir.Function(module, ir.FunctionType(fty, [fty] * arity), fname)
-        fn.linkage = "internal"
-        fn.attributes.add("alwaysinline")
-        fn.attributes.add("nounwind")
-        body = ir.IRBuilder(fn.append_basic_block("entry"))
-        body.ret(_IMPLS[name](_Emit(body, fty), *fn.args))
+        variants = []
+        for lanes in VECTOR_LANES[tag]:
+            vname = f"{fname}_v{lanes}"
+            _define_math(module, vname, name, ir.VectorType(fty, lanes), exact_trig=True)
+            variants.append(f"_ZGV_LLVM_N{lanes}{'v' * arity}_{fname}({vname})")
+            _keep(module, vname)
+        fn = _define_math(module, fname, name, fty, exact_trig=True)
+        fn.attributes.add("noinline")
+        # llvmlite knows no string attributes; the set prints its members as written.
+        set.add(fn.attributes, f'"vector-function-abi-variant"="{",".join(variants)}"')
     return builder.call(fn, list(args))
+
+
+# SIMD widths given a vector variant: every width the vectorizer may pick up to 512 bits.
+VECTOR_LANES = {"f64": (2, 4, 8), "f32": (4, 8, 16)}
+
+
+def _define_math(module, fname, name, ty, exact_trig=False):
+    fn = module.globals.get(fname)
+    if fn is None:
+        arity = MATH_FUNCTIONS[name]
+        fn = ir.Function(module, ir.FunctionType(ty, [ty] * arity), fname)
+        fn.linkage = "internal"
+        fn.attributes.add("nounwind")
+        fn.attributes.add("readnone")
+        body = ir.IRBuilder(fn.append_basic_block("entry"))
+        m = _Emit(body, ty)
+        result = _IMPLS[name](m, *fn.args)
+        if exact_trig and name in ("sin", "cos", "tan"):
+            result = _exact_far_lanes(m, name, fn.args[0], result)
+        body.ret(result)
+    return fn
+
+
+def _exact_far_lanes(m, name, x, fast):
+    """`fast` with the lanes whose |x| exceeds TRIG_RANGE recomputed by the C library, on a
+    branch taken only when such a lane exists (the polynomial reduction is not exact there)."""
+    b = m.b
+    far = m.gt(m.abs(x), TRIG_RANGE[m.bits])
+    lanes = m.lanes or 1
+    any_far = far if m.lanes is None else b.icmp_unsigned(
+        "!=", b.bitcast(far, ir.IntType(lanes)), ir.Constant(ir.IntType(lanes), 0))
+    entry = b.block
+    slow_bb = b.append_basic_block("far")
+    done_bb = b.append_basic_block("done")
+    b.cbranch(any_far, slow_bb, done_bb)
+    b.position_at_end(slow_bb)
+    scalar = m._scalar_f
+    symbol = name + ("f" if m.bits == 32 else "")
+    libm = b.module.globals.get(symbol) or ir.Function(
+        b.module, ir.FunctionType(scalar, [scalar]), symbol)
+    exact = fast
+    for lane in range(lanes):
+        if m.lanes is None:
+            exact = b.call(libm, [x])
+        else:
+            at = ir.Constant(ir.IntType(32), lane)
+            lane_x = b.extract_element(x, at)
+            lane_far = b.extract_element(far, at)
+            value = b.select(lane_far, b.call(libm, [lane_x]), b.extract_element(fast, at))
+            exact = b.insert_element(exact, value, at)
+    slow_end = b.block
+    b.branch(done_bb)
+    b.position_at_end(done_bb)
+    result = b.phi(m.fty)
+    result.add_incoming(fast, entry)
+    result.add_incoming(exact, slow_end)
+    return result
+
+
+def _keep(module, fname):
+    """List a function in llvm.compiler.used, so LLVM keeps a vector variant it has not yet
+    called until the vectorizer (which runs after dead-function removal) may call it."""
+    kept = getattr(module, "_symgraph_kept", None)
+    if kept is None:
+        kept = module._symgraph_kept = []
+    kept.append(module.get_global(fname))
+    old = module.globals.pop("llvm.compiler.used", None)
+    if old is not None:
+        module.scope._useset.discard("llvm.compiler.used")
+    ty = ir.ArrayType(ir.PointerType(), len(kept))
+    used = ir.GlobalVariable(module, ty, "llvm.compiler.used")
+    used.linkage = "appending"
+    used.section = "llvm.metadata"
+    used.initializer = ir.Constant(ty, kept)
 
 
 # --- JIT helpers for tests and benchmarks --------------------------------------------------------
 
-def _loop_module(names, fty, triple="") -> ir.Module:
+def _loop_module(names, fty, triple="", outlined=False) -> ir.Module:
     """A module with `void loop_<name>(ptr in0, [ptr in1,] ptr out, i64 n)` per name."""
     module = ir.Module(name="mathlib_loops")
     module.triple = triple
@@ -781,7 +880,8 @@ def _loop_module(names, fty, triple="") -> ir.Module:
         i = b.phi(i64)
         i.add_incoming(ir.Constant(i64, 0), entry)
         vals = [b.load(b.gep(p, [i], source_etype=fty, inbounds=True), typ=fty) for p in ins]
-        b.store(emit_math(b, name, *vals), b.gep(out, [i], source_etype=fty, inbounds=True))
+        b.store(emit_math(b, name, *vals, outlined=outlined),
+                b.gep(out, [i], source_etype=fty, inbounds=True))
         nxt = b.add(i, ir.Constant(i64, 1))
         i.add_incoming(nxt, body)
         b.cbranch(b.icmp_signed("<", nxt, n), body, done)
@@ -814,7 +914,7 @@ def _host_compile(module: ir.Module):
     return engine, mod, tm
 
 
-def _jit_loops(names, dtype):
+def _jit_loops(names, dtype, outlined=False):
     """{name: f(*arrays) -> out} running the compiled loops on contiguous numpy arrays."""
     import ctypes
 
@@ -822,7 +922,7 @@ def _jit_loops(names, dtype):
 
     dtype = np.dtype(dtype)
     fty = F64 if dtype == np.float64 else F32
-    engine, _, _ = _host_compile(_loop_module(names, fty))
+    engine, _, _ = _host_compile(_loop_module(names, fty, outlined=outlined))
     out = {}
     for name in names:
         arity = MATH_FUNCTIONS[name]

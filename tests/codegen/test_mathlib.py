@@ -85,10 +85,13 @@ def assert_matches(name, dtype, args, got, want, bound):
         f"{name} {np.dtype(dtype).name}: {dist.max()} ulp > {bound}: " + where(dist == dist.max()))
 
 
-@pytest.fixture(scope="module")
-def loops():
-    """Every function compiled once per dtype as out[i] = f(in[i], ...)."""
-    return {dtype: mathlib._jit_loops(list(MATH_FUNCTIONS), dtype) for dtype in DTYPES}
+@pytest.fixture(scope="module", params=["inlined", "outlined"])
+def loops(request):
+    """Every function compiled once per dtype as out[i] = f(in[i], ...): inlined into the
+    loop, and as one shared function whose SIMD variants the vectorizer calls."""
+    outlined = request.param == "outlined"
+    return {dtype: mathlib._jit_loops(list(MATH_FUNCTIONS), dtype, outlined=outlined)
+            for dtype in DTYPES}
 
 
 def log_uniform(rng, n, lo, hi, dtype, signed=True):
@@ -227,6 +230,25 @@ def test_trig_past_the_accurate_range_stays_bounded(loops, dtype):
         got = loops[dtype][name](x)
         assert np.all(np.abs(got) <= 1), name
     assert np.all(np.isfinite(loops[dtype]["tan"](x)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_outlined_trig_is_exact_lane_by_lane_past_the_range(dtype):
+    """Outlined sin/cos/tan send only the far lanes to the C library: near lanes in the same
+    vector keep the polynomial's result, far lanes get numpy's."""
+    inlined = mathlib._jit_loops(["sin", "cos", "tan"], dtype)
+    outlined = mathlib._jit_loops(["sin", "cos", "tan"], dtype, outlined=True)
+    rng = np.random.default_rng(11)
+    near = log_uniform(rng, 999, -10, np.log2(TRIG_RANGE[dtype]), dtype)
+    far = log_uniform(rng, 999, np.log2(TRIG_RANGE[dtype]) + 0.1, 100, dtype)
+    x = np.where(rng.random(999) < 0.1, far, near)  # mixed within every vector
+    is_far = np.abs(x) > TRIG_RANGE[dtype]
+    assert 20 < is_far.sum() < 500
+    for name in ("sin", "cos", "tan"):
+        got = outlined[name](x)
+        np.testing.assert_array_equal(got[~is_far], inlined[name](x[~is_far]), err_msg=name)
+        assert_matches(name, dtype, (x[is_far],), got[is_far],
+                       reference(name, dtype, x[is_far]), ULP_BOUNDS[name][dtype == np.float64])
 
 
 @settings(max_examples=25, deadline=None)

@@ -32,3 +32,41 @@ def test_transcendental_loop_has_no_libm_calls():
     f = sg.compile(sg.tanh(a) * sg.exp(-a), num_threads=1)
     assert WIDE.search(f.asm)
     assert not re.search(r"call\s+\S*(tanhf|expf)\b", f.asm)
+
+
+def _math_heavy(dtype, n_terms):
+    """A sum of n_terms transcendental terms over two inputs, sin and cos among them."""
+    a, b = sg.Variable("a", (257,), dtype), sg.Variable("b", (257,), dtype)
+    funcs = (sg.sin, sg.tanh, sg.sigmoid, sg.cos, sg.log1p, sg.exp)
+    total = a * 0
+    for k in range(n_terms):
+        total = total + funcs[k % len(funcs)](a * (1.0 + k / 64) - b)
+    return total, a, b
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_math_heavy_kernels_call_shared_simd_math(dtype):
+    """Past OUTLINE_MATH_CALLS, math is one function per module with SIMD variants the
+    vectorizer calls; sin/cos fix far arguments lane by lane, so no exact kernel copy."""
+    from symgraph.codegen.kernel import OUTLINE_MATH_CALLS
+
+    expr, a, b = _math_heavy(dtype, OUTLINE_MATH_CALLS + 8)
+    f = sg.compile(expr, num_threads=1)
+    assert "vector-function-abi-variant" in f.llvm_ir
+    assert ".exact" not in f.llvm_ir
+    width = 16 if dtype == "float32" else 8
+    assert re.search(rf"call\w*\s+\S*symgraph_(sin|tanh|exp)_f(32|64)_v{width}", f.asm)
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0.1, 0.9, 257).astype(dtype)
+    y = rng.uniform(-0.5, 0.5, 257).astype(dtype)
+    x[::17] = 3e19 if dtype == "float32" else 3e150  # past the trig range (exp goes to inf)
+    want = sg.evaluate(expr, a=x, b=y)
+    got = f(x, y)
+    np.testing.assert_allclose(got, want, rtol=2e-4 if dtype == "float32" else 1e-12,
+                               atol=1e-5 if dtype == "float32" else 1e-12)
+
+
+def test_small_graphs_keep_math_inlined():
+    expr, a, b = _math_heavy("float64", 6)
+    f = sg.compile(expr, num_threads=1)
+    assert "vector-function-abi-variant" not in f.llvm_ir
