@@ -1,6 +1,7 @@
 """The CPU target: host target machine, LLVM optimization and MCJIT code libraries."""
 from __future__ import annotations
 
+import functools
 import threading
 
 import llvmlite.binding as llvm
@@ -34,6 +35,14 @@ def target_machine(cpu: str | None = None, features: str | None = None, opt: int
     target = llvm.Target.from_triple(llvm.get_process_triple())
     return target.create_target_machine(cpu=cpu, features=features, opt=opt, reloc="pic",
                                         codemodel="default")
+
+
+@functools.lru_cache(maxsize=None)
+def host_vector_bytes() -> int:
+    """Width of the host's SIMD registers: what a vectorized loop fills per instruction."""
+    initialize()
+    features = llvm.get_host_cpu_features()
+    return 64 if features.get("avx512f") else 32 if features.get("avx") else 16
 
 
 # Past this many instructions, loops are vectorized but not also interleaved and unrolled:

@@ -40,6 +40,7 @@ INLINE_MAX_KERNELS = 8  # more kernels than this stay separate functions
 # math is most of a transcendental-heavy graph's code. Small graphs keep inlining, which
 # saves the call and the register spills around it.
 OUTLINE_MATH_CALLS = 32
+FIXED_WIDTH_MIN_NODES = 2_000  # graphs this large fix their loops' SIMD width (see vector_width)
 PARTIAL_SUM_BYTES = 256  # reduction lanes: four 512-bit registers of independent partial sums
 
 
@@ -65,8 +66,9 @@ class GraphLowering:
 
     def __init__(self, g, name: str, math_impl=None, triple: str = "", module=None,
                  num_threads: int = 1, check_finite: bool = False, check_sites=None,
-                 outline_math: bool = False):
+                 outline_math: bool = False, vector_bytes: int | None = None):
         self.g = g
+        self.vector_bytes = vector_bytes
         # Outlined math (see OUTLINE_MATH_CALLS) handles far trig arguments inside sin/cos/tan
         # lane by lane; inlined math needs the exact copy of the kernel instead.
         self.outline_math = outline_math and math_impl is not None
@@ -118,7 +120,7 @@ class GraphLowering:
                 self.buffers[n] = self._global_constant(n)
 
         workspace_bytes = g.graph.get("workspace_bytes", 0)
-        cleanup = None
+        cleanup = self.workspace = None
         if workspace_bytes:
             ws_arg = entry.args[-1]
             is_null = b.icmp_unsigned("==", ws_arg, ir.Constant(PTR, None))
@@ -138,15 +140,9 @@ class GraphLowering:
             b.position_at_end(fail_bb)
             b.ret(ir.Constant(I32, ERR_NO_MEMORY))
             b.position_at_end(ok_bb)
-            for n in self.order:
-                if "offset" in g.nodes[n] and n not in self.buffers:
-                    self.buffers[n] = b.gep(ws, [ir.Constant(I64, g.nodes[n]["offset"])],
-                                            source_etype=I8, inbounds=True)
-                elif g.nodes[n]["op"] == "item":
-                    (control,) = g.nodes[n]["args"]
-                    offset = control_layout(g, control)["outputs"][g.nodes[n]["attrs"]["index"]]
-                    self.buffers[n] = b.gep(self.buffers[control], [ir.Constant(I64, offset)],
-                                            source_etype=I8, inbounds=True)
+            # Workspace pointers are computed where they are used: thousands of them made
+            # up front would all stay live across the whole entry function.
+            self.workspace = ws
             cleanup = (is_null, ws)
 
         done_bb = entry.append_basic_block("done")
@@ -156,7 +152,7 @@ class GraphLowering:
                 self._lower_control(b, root, status)
             else:
                 fn, params = self._lower_kernel(k)
-                b.call(fn, [self.buffers[p] for p in params] + [status])
+                b.call(fn, [self.buffer(b, p) for p in params] + [status])
             failed = b.icmp_unsigned("!=", b.load(status, typ=I32), ir.Constant(I32, 0))
             next_bb = entry.append_basic_block(f"after.k{k}")
             b.cbranch(failed, done_bb, next_bb)
@@ -176,6 +172,31 @@ class GraphLowering:
         b.ret(b.load(status, typ=I32))
         return self.module
 
+    def vector_width(self, members):
+        """SIMD lanes to fix for a flat loop over `members` (None: LLVM's cost model picks).
+        Fixed only in large modules, where trying every width costs LLVM real time: the
+        host's vector register holds this many of the widest element."""
+        if not self.vector_bytes:
+            return None
+        widest = max((np.dtype(self.g.nodes[n]["dtype"]).itemsize for n in members
+                      if not isinstance(self.g.nodes[n]["dtype"], tuple)), default=8)
+        lanes = self.vector_bytes // widest
+        return lanes if lanes >= 2 else None
+
+    def buffer(self, b, n):
+        """Pointer to node n's memory: an argument, a constant, or a workspace slice."""
+        found = self.buffers.get(n)
+        if found is not None:
+            return found
+        d = self.g.nodes[n]
+        if d["op"] == "item":
+            (control,) = d["args"]
+            offset = control_layout(self.g, control)["outputs"][d["attrs"]["index"]]
+            base = self.buffer(b, control)
+        else:
+            offset, base = d["offset"], self.workspace
+        return b.gep(base, [ir.Constant(I64, offset)], source_etype=I8, inbounds=True)
+
     def check_site(self, node) -> int:
         """The number native code reports when `node` is the first to go non-finite."""
         key = (self.g, node)
@@ -191,14 +212,14 @@ class GraphLowering:
         lowering = GraphLowering(body, f"{self.name}.n{root}.b{i}", self.plain_math_impl,
                                  module=self.module, num_threads=self.num_threads,
                                  check_finite=self.check_finite, check_sites=self.check_sites,
-                                 outline_math=self.outline_math)
+                                 outline_math=self.outline_math, vector_bytes=self.vector_bytes)
         lowering.lower()
         fn = self.module.get_global(lowering.name)
         fn.linkage = "internal"
         return fn
 
     def _region(self, b, root, offsets):
-        base = self.buffers[root]
+        base = self.buffer(b, root)
         return [b.gep(base, [ir.Constant(I64, o)], source_etype=I8, inbounds=True) for o in offsets]
 
     def _call_body(self, b, fn, args, status, fail_bb):
@@ -220,7 +241,7 @@ class GraphLowering:
         layout = control_layout(g, root)
         outs = self._region(b, root, layout["outputs"])
         (ws,) = self._region(b, root, [layout["workspace"]])
-        args = [self.buffers[a] for a in d["args"]]
+        args = [self.buffer(b, a) for a in d["args"]]
         done_bb = b.append_basic_block(f"control.{root}.end")
         if d["op"] == "cond":
             true_fn, false_fn = self._lower_body(root, 0), self._lower_body(root, 1)
@@ -344,7 +365,7 @@ class GraphLowering:
         d = self.g.nodes[src]
         em = Emitter(b)
         size = math.prod(d["shape"])
-        src_ptr = self.buffers[src]
+        src_ptr = self.buffer(b, src)
 
         def body(i):
             em.store(d["dtype"], em.load(d["dtype"], src_ptr, i), dst_ptr, i)
@@ -737,11 +758,12 @@ class _KernelBody:
                 for r in roots:
                     em.store(self.g.nodes[r]["dtype"], self.value(r, _Flat(i)), self.pointers[r], i)
 
+            width = self.lowering.vector_width(self.members)
             if self.outer is not None:
                 lo, hi = self.outer
-                emit_loop(self.b, self.b.sub(hi, lo), body, start=lo)
+                emit_loop(self.b, self.b.sub(hi, lo), body, start=lo, vector_width=width)
             else:
-                emit_loop(self.b, math.prod(d["shape"]), body)
+                emit_loop(self.b, math.prod(d["shape"]), body, vector_width=width)
             return
 
         def nest_body(idx):
@@ -981,17 +1003,22 @@ class _KernelBody:
 
 
 def lower_graph(g, name="symgraph_main", math_impl=None, triple="", num_threads=1,
-                check_finite=False, check_sites=None) -> ir.Module:
-    """The LLVM module for a typed, scheduled and planned graph."""
+                check_finite=False, check_sites=None, vector_bytes=None) -> ir.Module:
+    """The LLVM module for a typed, scheduled and planned graph. `vector_bytes`, the
+    target's SIMD register size, lets large graphs fix their loops' vector width."""
+    total = _total_nodes(g)
+    if total < FIXED_WIDTH_MIN_NODES:
+        vector_bytes = None
     # `value` recurses once per fused op: a long fused chain needs a deep Python stack.
-    needed = 1000 + 8 * _total_nodes(g)
+    needed = 1000 + 8 * total
     old = sys.getrecursionlimit()
     if needed > old:
         sys.setrecursionlimit(needed)
     try:
         return GraphLowering(g, name, math_impl, triple, num_threads=num_threads,
                              check_finite=check_finite, check_sites=check_sites,
-                             outline_math=_math_calls(g) > OUTLINE_MATH_CALLS).lower()
+                             outline_math=_math_calls(g) > OUTLINE_MATH_CALLS,
+                             vector_bytes=vector_bytes).lower()
     finally:
         if needed > old:
             sys.setrecursionlimit(old)

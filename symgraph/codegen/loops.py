@@ -6,11 +6,13 @@ from llvmlite import ir
 I64 = ir.IntType(64)
 
 
-def emit_loop(b: ir.IRBuilder, count, body, name: str = "i", start=None) -> None:
+def emit_loop(b: ir.IRBuilder, count, body, name: str = "i", start=None,
+              vector_width: int | None = None) -> None:
     """Emit ``for i in range(start, start + count): body(i)``.
 
     `count` is a Python int (nothing is emitted for 0) or an i64 value (a guard skips the
-    loop when it is not positive); `start` defaults to 0.
+    loop when it is not positive); `start` defaults to 0. `vector_width` fixes the SIMD
+    width LLVM's loop vectorizer uses, sparing it the search over widths.
     """
     dynamic = not isinstance(count, int)
     if not dynamic:
@@ -34,8 +36,22 @@ def emit_loop(b: ir.IRBuilder, count, body, name: str = "i", start=None) -> None
     body(i)
     nxt = b.add(i, ir.Constant(I64, 1), name=f"{name}.next", flags=["nsw"])
     i.add_incoming(nxt, b.block)
-    b.cbranch(b.icmp_signed("<", nxt, end), loop_bb, exit_bb)
+    branch = b.cbranch(b.icmp_signed("<", nxt, end), loop_bb, exit_bb)
+    if vector_width:
+        branch.set_metadata("llvm.loop", _width_hint(b.module, vector_width))
     b.position_at_end(exit_bb)
+
+
+def _width_hint(module: ir.Module, width: int):
+    """A loop ID (a node whose first operand is itself) asking for `width` SIMD lanes."""
+    count = getattr(module, "_symgraph_loops", 0) + 1
+    module._symgraph_loops = count
+    hint = module.add_metadata([ir.MetaDataString(module, "llvm.loop.vectorize.width"),
+                                ir.Constant(ir.IntType(32), width)])
+    tag = module.add_metadata([ir.MetaDataString(module, "symgraph.loop"), ir.Constant(I64, count)])
+    loop_id = module.add_metadata([None, hint, tag])
+    loop_id.operands = (loop_id,) + tuple(loop_id.operands[1:])
+    return loop_id
 
 
 def emit_nest(b: ir.IRBuilder, shape, body, prefix: str = "i", outer=None) -> None:

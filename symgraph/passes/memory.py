@@ -8,6 +8,8 @@ A buffer is never shared with anything live during the kernel that writes it.
 """
 from __future__ import annotations
 
+import heapq
+
 from ..graph import copy_graph, nbytes
 
 ALIGN = 64
@@ -66,21 +68,20 @@ def plan(g, *, reuse: bool):
     g = copy_graph(g)
     nodes = materialized_intermediates(g)
     ranges = live_ranges(g, nodes)
-    free, active, top = [], [], 0  # free: [(offset, size)], active: [(end, offset, size)]
+    # free: [(offset, size)]; active: a heap of (last reader, offset, size), so each kernel
+    # releases what died before it without rescanning everything still live.
+    free, active, top = [], [], 0
     buffers = {}  # (offset, size) -> buffer number, for reporting
     for n in nodes:
         start, end = ranges[n]
         size = _aligned(buffer_bytes(g, n))
         if reuse:
             # Space whose last reader ran before this kernel can be taken again.
-            still = []
-            for last, offset, length in active:
-                if last < start:
-                    free.append((offset, length))
-                else:
-                    still.append((last, offset, length))
-            active = still
-            free = _coalesce(free)
+            while active and active[0][0] < start:
+                _, offset, length = heapq.heappop(active)
+                free.append((offset, length))
+            if free:
+                free = _coalesce(free)
         slot = None
         if reuse:
             fits = [f for f in free if f[1] >= size]
@@ -93,7 +94,7 @@ def plan(g, *, reuse: bool):
         if slot is None:
             slot = (top, size)
             top += size
-        active.append((end, slot[0], slot[1]))
+        heapq.heappush(active, (end, slot[0], slot[1]))
         g.nodes[n]["offset"] = slot[0]
         g.nodes[n]["buffer"] = buffers.setdefault(slot[0], len(buffers))
     no_reuse = sum(_aligned(buffer_bytes(g, n)) for n in nodes)

@@ -19,7 +19,7 @@ import numpy as np
 from llvmlite import ir
 
 from .. import dtypes as dt
-from ..codegen.cpu import CodeLibrary
+from ..codegen.cpu import CodeLibrary, host_vector_bytes
 from ..codegen.emit import I32, I64, PTR
 from ..codegen.kernel import ERR_NO_MEMORY, ERR_NONFINITE_BASE, lower_graph
 from ..errors import (
@@ -627,7 +627,8 @@ def fast({params}{', ' if params else ''}*, out=None):
         g, log, stages = self._optimize(g)
         check_sites = []
         module = lower_graph(g, self.name, _math_impl(), num_threads=self.num_threads,
-                             check_finite=self.check_finite, check_sites=check_sites)
+                             check_finite=self.check_finite, check_sites=check_sites,
+                             vector_bytes=host_vector_bytes())
         wrapper = _add_python_entry(module, self.name, n_args)
         out_types = [(g.nodes[o]["shape"], g.nodes[o]["dtype"]) for o in g.graph["outputs"]]
         if key is not None:

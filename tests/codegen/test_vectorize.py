@@ -70,3 +70,22 @@ def test_small_graphs_keep_math_inlined():
     expr, a, b = _math_heavy("float64", 6)
     f = sg.compile(expr, num_threads=1)
     assert "vector-function-abi-variant" not in f.llvm_ir
+
+
+def test_large_graphs_fix_the_vector_width():
+    """Past FIXED_WIDTH_MIN_NODES, flat loops carry a vectorize.width hint (the host's lanes
+    for the widest dtype) so LLVM skips its search over widths; results are unchanged."""
+    from symgraph.codegen.cpu import host_vector_bytes
+    from symgraph.codegen.kernel import FIXED_WIDTH_MIN_NODES
+
+    a = sg.Variable("a", (100,), "float64")
+    x = a
+    for k in range(FIXED_WIDTH_MIN_NODES // 2 + 10):
+        x = x * 0.5 + a if k % 2 else sg.maximum(x, a) - 1.0
+    f = sg.compile(x, num_threads=1)
+    lanes = host_vector_bytes() // 8
+    assert f'!"llvm.loop.vectorize.width", i32 {lanes}' in f.llvm_ir
+    data = np.linspace(-3, 3, 100)
+    np.testing.assert_array_equal(f(data), sg.evaluate(x, a=data))
+    small = sg.compile(a * 2 + 1, num_threads=1)
+    assert "llvm.loop.vectorize.width" not in small.llvm_ir
