@@ -287,7 +287,7 @@ def signature(subject, declared):
             shape = v.attrs.get("shape")
         if dtype is None:
             dtype = v.attrs.get("dtype")
-        if shape is None or None in shape or dtype is None:
+        if shape is None or not all(isinstance(d, int) for d in shape) or dtype is None:
             missing.append(name)
         else:
             types[name] = (tuple(shape), np.dtype(dtype))

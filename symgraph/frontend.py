@@ -156,8 +156,10 @@ class Expr:
 
 
 class Variable(Expr):
-    """A named graph input. ``shape`` and ``dtype`` may be declared (None means "any",
-    also per axis); undeclared, the compiled function specializes on each call's."""
+    """A named graph input. ``shape`` and ``dtype`` may be declared. An axis given as None
+    (any size) or a name (any size, the same wherever the name appears, as in
+    ``("batch", 512)``) is open: the compiled code serves every size there without
+    recompiling, where the graph's ops allow. Undeclared, code specializes per call."""
 
     def __init__(self, name, shape=None, dtype=None):
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
@@ -167,12 +169,21 @@ class Variable(Expr):
         if shape is not None:
             if isinstance(shape, int):
                 shape = (shape,)
-            declared_shape = tuple(None if d is None else int(d) for d in shape)
-            if any(d is not None and d < 0 for d in declared_shape):
+            try:
+                declared_shape = tuple(d if d is None or isinstance(d, str) else int(d)
+                                       for d in shape)
+            except (TypeError, ValueError):
+                raise GraphError(f"Variable {name!r}: shape {shape!r} must hold sizes, None or "
+                                 "size names", locs=(user_loc(),)) from None
+            if any(isinstance(d, int) and d < 0 for d in declared_shape):
                 raise GraphError(f"Variable {name!r}: negative size in shape {shape}",
                                  locs=(user_loc(),))
+            if any(isinstance(d, str) and not d.isidentifier() for d in declared_shape):
+                raise GraphError(f"Variable {name!r}: size names in {shape} must be identifiers",
+                                 locs=(user_loc(),))
         declared_dtype = None if dtype is None else dt.as_dtype(dtype, what=f"Variable {name!r} dtype")
-        known_shape = declared_shape if declared_shape is not None and None not in declared_shape else None
+        known_shape = declared_shape if declared_shape is not None and all(
+            isinstance(d, int) for d in declared_shape) else None
         super().__init__("var", (), {"name": name, "shape": declared_shape, "dtype": declared_dtype},
                          shape=known_shape, dtype=declared_dtype, name=name)
 

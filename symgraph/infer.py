@@ -68,8 +68,10 @@ def check_input(name, declared_shape, declared_dtype, shape, dtype, loc):
                          locs=(loc,), hint=f"pass an array of dtype {declared_dtype}, or .astype it")
     if declared_shape is not None:
         if len(shape) != len(declared_shape) or any(
-                want is not None and want != got for want, got in zip(declared_shape, shape)):
-            shown = "(" + ", ".join("None" if d is None else str(d) for d in declared_shape)
+                isinstance(want, int) and isinstance(got, int) and want != got
+                for want, got in zip(declared_shape, shape)):
+            shown = "(" + ", ".join("None" if d is None else repr(d) if isinstance(d, str)
+                                    else str(d) for d in declared_shape)
             shown += ",)" if len(declared_shape) == 1 else ")"
             raise ShapeError(f"input {name!r} has shape {tuple(shape)}, but its Variable declares "
                              f"{shown}", locs=(loc,))
@@ -108,6 +110,43 @@ def specialize(g, signature: dict):
         if not any(True for _ in g.successors(n)) and n not in g.graph["outputs"]:
             g.remove_node(n)
     return g
+
+
+MAX_UNIFICATIONS = 64
+
+
+def specialize_generic(g, declared: dict):
+    """A typed copy of `g` whose open sizes stay symbolic, for inputs {name: (shape, dtype)}
+    where each shape entry is an int, None (an axis of its own) or a size name.
+
+    Returns (graph, input_shapes): the inputs' shapes with Sym entries after unification,
+    which every call must match. Raises NotGeneric when the graph needs concrete sizes.
+    """
+    from .shapes import NotGeneric, Sym, Unify, substitute, unifying
+
+    base = {}
+    for name, (shape, dtype) in declared.items():
+        base[name] = (tuple(Sym.symbol(f"{name}.{axis}") if d is None else
+                            Sym.symbol(d) if isinstance(d, str) else d
+                            for axis, d in enumerate(shape)), dtype)
+    mapping = {}
+    for _ in range(MAX_UNIFICATIONS):
+        signature = {name: (tuple(substitute(d, mapping) for d in shape), dtype)
+                     for name, (shape, dtype) in base.items()}
+        try:
+            with unifying():
+                typed = specialize(g, signature)
+        except Unify as u:
+            a, b = u.a, u.b
+            if isinstance(b, Sym) and b.name > a.name:
+                a, b = b, a  # the smaller name represents both: a fixed, repeatable choice
+            mapping = {k: substitute(v, {a.name: b}) for k, v in mapping.items()}
+            mapping[a.name] = b
+            continue
+        except SymgraphError as exc:
+            raise NotGeneric(f"needs concrete sizes: {exc}") from None
+        return typed, {name: shape for name, (shape, _) in signature.items()}
+    raise NotGeneric("too many size constraints")
 
 
 def _resolve_weak_operands(g, n, typing, op):

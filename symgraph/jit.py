@@ -20,7 +20,7 @@ from .runtime.compiled import CacheInfo, compile, prepare_input
 class JitFunction:
     """A traced-and-compiled version of a Python function; call it like the original."""
 
-    def __init__(self, fn, static_argnames=(), static_argnums=(), **options):
+    def __init__(self, fn, static_argnames=(), static_argnums=(), shapes=None, **options):
         self.fn = fn
         self.signature = inspect.signature(fn)
         params = list(self.signature.parameters.values())
@@ -33,6 +33,13 @@ class JitFunction:
         if unknown:
             raise ArgumentError(f"static_argnames: {sorted(unknown)} are not parameters of {fn.__name__}")
         self.static = frozenset(names)
+        # Declared shapes: None (or a name) marks an axis whose size may change from call to
+        # call without a new trace; the compiled function serves every size with one code.
+        self.shapes = {}
+        for name, shape in (shapes or {}).items():
+            if name not in {p.name for p in params} or name in self.static:
+                raise ArgumentError(f"shapes: {name!r} is not an array parameter of {fn.__name__}")
+            self.shapes[name] = Variable(name, shape=shape).attrs["shape"]
         self.options = options
         self._cache = {}
         self._lock = threading.Lock()
@@ -54,6 +61,10 @@ class JitFunction:
                     raise ArgumentError(f"static argument {name!r} must be hashable, got "
                                         f"{type(value).__name__}") from None
                 key.append((name, "static", value))
+            elif name in self.shapes:
+                array = prepare_input(name, value, declared=(self.shapes[name], None))
+                arrays[name] = array
+                key.append((name, array.dtype, self.shapes[name]))
             else:
                 array = prepare_input(name, value)
                 arrays[name] = array
@@ -61,7 +72,8 @@ class JitFunction:
         return bound, arrays, tuple(key)
 
     def _compile(self, bound, arrays):
-        variables = {name: Variable(name, shape=a.shape, dtype=a.dtype) for name, a in arrays.items()}
+        variables = {name: Variable(name, shape=self.shapes.get(name, a.shape), dtype=a.dtype)
+                     for name, a in arrays.items()}
         for name, var in variables.items():
             bound.arguments[name] = var
         outputs = self.fn(*bound.args, **bound.kwargs)
@@ -107,8 +119,12 @@ class JitFunction:
         return CacheInfo(hits, self._misses, compilations)
 
 
-def jit(fn=None, *, static_argnames=(), static_argnums=(), **options):
+def jit(fn=None, *, static_argnames=(), static_argnums=(), shapes=None, **options):
     """Trace and compile `fn` on first call per signature (shapes, dtypes, static values).
+
+    ``shapes={"x": (None, 512)}`` declares an argument's shape with open axes (None, or a
+    name shared by axes that must agree): calls with any size there share one trace and,
+    where the graph allows, one compilation.
 
     >>> import numpy as np, symgraph as sg
     >>> @sg.jit
@@ -122,6 +138,6 @@ def jit(fn=None, *, static_argnames=(), static_argnums=(), **options):
     if isinstance(static_argnums, int):
         static_argnums = (static_argnums,)
     if fn is None:
-        return lambda f: JitFunction(f, static_argnames, static_argnums, **options)
-    return JitFunction(fn, static_argnames, static_argnums, **options)
+        return lambda f: JitFunction(f, static_argnames, static_argnums, shapes, **options)
+    return JitFunction(fn, static_argnames, static_argnums, shapes, **options)
 

@@ -11,6 +11,9 @@ import math
 import numpy as np
 from llvmlite import ir
 
+from ..shapes import Sym
+from .loops import size_value
+
 I1, I8, I32, I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 F32, F64 = ir.FloatType(), ir.DoubleType()
 PTR = ir.PointerType()
@@ -40,6 +43,8 @@ class Emitter:
     def const(self, dtype, value):
         dtype = np.dtype(dtype)
         ty = register_type(dtype)
+        if isinstance(value, Sym):  # a symbolic size (a mean's count): known at run time
+            return self.cast(np.dtype(np.int64), dtype, size_value(self.b, value))
         if dtype.kind == "b":
             return ir.Constant(ty, int(bool(value)))
         if dtype.kind == "i":
@@ -160,13 +165,13 @@ class Emitter:
 
     # --- index arithmetic (i64) --------------------------------------------------------------
     def index_const(self, value):
-        return ir.Constant(I64, int(value))
+        return size_value(self.b, value)
 
     def index_affine(self, i, scale, offset):
         if scale != 1:
-            i = self.b.mul(i, ir.Constant(I64, scale), flags=["nsw"])
-        if offset:
-            i = self.b.add(i, ir.Constant(I64, offset), flags=["nsw"])
+            i = self.b.mul(i, size_value(self.b, scale), flags=["nsw"])
+        if offset != 0:
+            i = self.b.add(i, size_value(self.b, offset), flags=["nsw"])
         return i
 
     def linearize(self, index, shape):
@@ -182,12 +187,12 @@ class Emitter:
     def delinearize(self, linear, shape):
         out, stride = [], math.prod(shape)
         for size in shape:
-            stride //= size if size else 1
+            stride //= size if size != 0 else 1
             if size == 1:
                 out.append(ir.Constant(I64, 0))
                 continue
-            q = self.b.udiv(linear, ir.Constant(I64, stride)) if stride != 1 else linear
-            out.append(self.b.urem(q, ir.Constant(I64, size)) if out else q)
+            q = self.b.udiv(linear, size_value(self.b, stride)) if stride != 1 else linear
+            out.append(self.b.urem(q, size_value(self.b, size)) if out else q)
         return out
 
     # --- errors ------------------------------------------------------------------------------

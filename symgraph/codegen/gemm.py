@@ -24,7 +24,7 @@ import numpy as np
 from llvmlite import ir
 
 from .emit import I1, I32, I64, PTR, Emitter, memory_type, register_type
-from .loops import emit_loop, emit_nest
+from .loops import emit_loop, emit_nest, size_value
 
 GEMM_USE_FMA = False
 GEMM_MIN_WORK = 16 * 16 * 16  # m*n*k below which the loop nest is as fast; 0 forces the GEMM
@@ -354,12 +354,12 @@ def emit_matmul(em, a_ptr, b_ptr, c_ptr, batch, a2, b2, a_dtype, b_dtype, dtype,
             lead = len(batch) - len(shape)  # numpy broadcasting: size-1 axes read index 0
             index = [_const(0) if s == 1 else bidx[lead + i] for i, s in enumerate(shape)]
             flat = em.linearize(index, shape)
-            return b.gep(ptr, [b.mul(flat, _const(mat))], source_etype=memory_type(elem_dtype),
-                         inbounds=True)
+            return b.gep(ptr, [b.mul(flat, size_value(b, mat))],
+                         source_etype=memory_type(elem_dtype), inbounds=True)
 
         a_at = offset(a_ptr, a_batch, m * k, a_dtype)
         c_at = offset(c_ptr, tuple(batch), m * n, dtype)
-        count = _const(m)
+        count = size_value(b, m)
         if rows is not None:
             lo, hi = rows
             a_at = b.gep(a_at, [b.mul(lo, _const(k))], source_etype=memory_type(a_dtype))

@@ -24,8 +24,9 @@ from ..ops import get_op
 from ..ops.control import ERR_MAX_ITERS, control_layout
 from ..ops.indexing import ERR_INDEX_OUT_OF_RANGE
 from .emit import I8, I32, I64, PTR, Emitter, memory_type, register_type
-from .gemm import emit_matmul, folded_rows, uses_gemm
-from .loops import emit_loop, emit_nest
+from .gemm import GEMM_MIN_ROWS, GEMM_MIN_WORK, emit_matmul, folded_rows, uses_gemm
+from ..shapes import NotGeneric, Sym
+from .loops import bind_sizes, emit_loop, emit_nest, size_value
 from .nn import lower_conv, lower_pool
 
 ERR_NO_MEMORY = 2
@@ -86,6 +87,9 @@ class GraphLowering:
             self.module.triple = triple
         self.order = topo_order(g)
         self.outputs = list(g.graph["outputs"])
+        # Size symbols of a shape-generic graph: their values arrive in an i64 array that
+        # the entry and every kernel take as an extra argument.
+        self.symbols = tuple(g.graph.get("symbols", ()))
         self.kernel_members = {}
         for n in self.order:
             k = g.nodes[n].get("kernel")
@@ -97,9 +101,11 @@ class GraphLowering:
         g = self.g
         inputs = g.graph["inputs"]
         n_in, n_out = len(inputs), len(self.outputs)
-        fnty = ir.FunctionType(I32, [PTR] * (n_in + n_out + 1))
+        fnty = ir.FunctionType(I32, [PTR] * (n_in + n_out + 1 + bool(self.symbols)))
         entry = ir.Function(self.module, fnty, self.name)
         b = ir.IRBuilder(entry.append_basic_block("entry"))
+        if self.symbols:
+            bind_sizes(b, entry.args[-1], self.symbols)
         status = b.alloca(I32, name="status")
         b.store(ir.Constant(I32, 0), status)
 
@@ -121,13 +127,13 @@ class GraphLowering:
 
         workspace_bytes = g.graph.get("workspace_bytes", 0)
         cleanup = self.workspace = None
-        if workspace_bytes:
-            ws_arg = entry.args[-1]
+        if workspace_bytes != 0:
+            ws_arg = entry.args[n_in + n_out]
             is_null = b.icmp_unsigned("==", ws_arg, ir.Constant(PTR, None))
             malloc = self._libc("malloc", PTR, [I64])
             with b.if_else(is_null) as (then, otherwise):
                 with then:
-                    owned_ws = b.call(malloc, [ir.Constant(I64, workspace_bytes)])
+                    owned_ws = b.call(malloc, [size_value(b, workspace_bytes)])
                     then_bb = b.block
                 with otherwise:
                     else_bb = b.block
@@ -152,7 +158,7 @@ class GraphLowering:
                 self._lower_control(b, root, status)
             else:
                 fn, params = self._lower_kernel(k)
-                b.call(fn, [self.buffer(b, p) for p in params] + [status])
+                b.call(fn, [self.buffer(b, p) for p in params] + [status] + self._dims_arg(entry))
             failed = b.icmp_unsigned("!=", b.load(status, typ=I32), ir.Constant(I32, 0))
             next_bb = entry.append_basic_block(f"after.k{k}")
             b.cbranch(failed, done_bb, next_bb)
@@ -195,7 +201,15 @@ class GraphLowering:
             base = self.buffer(b, control)
         else:
             offset, base = d["offset"], self.workspace
-        return b.gep(base, [ir.Constant(I64, offset)], source_etype=I8, inbounds=True)
+        pointer = b.gep(base, [size_value(b, offset)], source_etype=I8, inbounds=True)
+        if self.symbols:  # symbolic plans reserve ALIGN spare bytes per region: round up
+            address = b.add(b.ptrtoint(pointer, I64), ir.Constant(I64, 63))
+            pointer = b.inttoptr(b.and_(address, ir.Constant(I64, -64)), PTR)
+        return pointer
+
+    def _dims_arg(self, fn):
+        """The size-symbol array a kernel call passes on (nothing for static shapes)."""
+        return [fn.args[-1]] if self.symbols else []
 
     def check_site(self, node) -> int:
         """The number native code reports when `node` is the first to go non-finite."""
@@ -237,6 +251,8 @@ class GraphLowering:
     def _lower_control(self, b, root, status):
         """Run a cond's taken branch, or a while loop, by calling its bodies' functions."""
         g = self.g
+        if self.symbols:
+            raise NotGeneric(f"{g.nodes[root]['op']} needs concrete sizes")
         d = g.nodes[root]
         layout = control_layout(g, root)
         outs = self._region(b, root, layout["outputs"])
@@ -389,9 +405,13 @@ class GraphLowering:
                     reads.append(a)
         params = roots + reads
         name = f"{self.name}.k{k}.{g.nodes[root]['op']}"
+        kind = get_op(g.nodes[root]["op"]).kind
+        if self.symbols and kind in ("conv", "pool"):
+            raise NotGeneric(f"{g.nodes[root]['op']} needs concrete sizes")
         plan = self._parallel_plan(root, member_set) if self.num_threads > 1 else None
         extra = [I64, I64] + ([PTR] if plan and plan[1] == "partials" else []) if plan else []
-        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * (len(params) + 1) + extra),
+        n_fixed = len(params) + 1 + bool(self.symbols)  # buffers, status, [sizes]
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * n_fixed + extra),
                          name + (".range" if plan else ""))
         fn.linkage = "internal"
         if len(self.kernel_members) > INLINE_MAX_KERNELS:
@@ -401,15 +421,16 @@ class GraphLowering:
         for arg in fn.args[:len(params)]:
             arg.add_attribute("noalias")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
+        if self.symbols:
+            bind_sizes(b, fn.args[len(params) + 1], self.symbols)
         kernel = _KernelBody(self, b, member_set, {p: fn.args[i] for i, p in enumerate(params)},
                              fn.args[len(params)])
         if plan:
-            kernel.outer = (fn.args[len(params) + 1], fn.args[len(params) + 2])
+            kernel.outer = (fn.args[n_fixed], fn.args[n_fixed + 1])
             if plan[1] == "partials":
-                kernel.partial_out = fn.args[len(params) + 3]
+                kernel.partial_out = fn.args[n_fixed + 2]
         if self.check_finite:
             kernel.start_checks()
-        kind = get_op(g.nodes[root]["op"]).kind
         kernel.roots = roots
         emit_body = {"reduce": kernel.reduce, "matmul": kernel.matmul, "concat": kernel.concat,
                      "conv": lambda r: lower_conv(kernel, r),
@@ -424,7 +445,7 @@ class GraphLowering:
             kernel.report_checks()
         b.ret_void()
         if plan:
-            fn = self._parallel_dispatcher(name, fn, len(params), root, plan)
+            fn = self._parallel_dispatcher(name, fn, n_fixed, root, plan)
         return fn, params
 
     def _with_exact_trig_fallback(self, kernel, emit_body, root):
@@ -442,6 +463,10 @@ class GraphLowering:
         exact.attributes.add("noinline")
         exact.attributes.add("optnone")
         eb = ir.IRBuilder(exact.append_basic_block("entry"))
+        if self.symbols:
+            exact._symgraph_sizes = None
+            n_buffers = len(kernel.pointers)
+            bind_sizes(eb, exact.args[n_buffers + 1], self.symbols)
         copy = _KernelBody(self, eb, kernel.members, {p: exact.args[i] for i, p in enumerate(
             kernel.pointers)}, exact.args[list(fn.args).index(kernel.em.status_ptr)])
         copy.roots, copy.em.math_impl = kernel.roots, None
@@ -474,7 +499,10 @@ class GraphLowering:
             b.call(exact, list(fn.args))
 
     def _parallel_plan(self, root, members):
-        """(extent, mode) when the kernel's outermost loop is worth splitting across threads."""
+        """(extent, mode, guards) when the kernel's outermost loop is worth splitting across
+        threads. With symbolic sizes the choice is made for a large size (TYPICAL_SIZE), and
+        `guards`, pairs (size, minimum), let the code run the chunks on one thread when a
+        call's sizes are too small to pay for threads."""
         g = self.g
         d = g.nodes[root]
         kind = get_op(d["op"]).kind
@@ -509,30 +537,38 @@ class GraphLowering:
             b2 = b_shape + (1,) if len(b_shape) == 1 else b_shape
             batch = d["shape"][: len(d["shape"]) - (len(a_shape) > 1) - (len(b_shape) > 1)]
             rows = folded_rows(batch, a2, b2)
-            if rows is None or not uses_gemm(d["dtype"], a2[-2], b2[-1], a2[-1]):
+            if rows is None or not uses_gemm(d["dtype"], _typical(a2[-2]), b2[-1], a2[-1]):
                 return None
             # Threads split the rows; each packs its own copy of B, so chunks must be tall.
-            if rows < 32 or rows * a2[-1] * b2[-1] < PARALLEL_MIN_FLOPS:
+            flops = rows * a2[-1] * b2[-1]
+            if _typical(rows) < 32 or _typical(flops) < PARALLEL_MIN_FLOPS:
                 return None
-            return rows, "outer"
+            guards = [(rows, 32), (flops, PARALLEL_MIN_FLOPS)] if isinstance(rows, Sym) else []
+            return rows, "outer", guards
         else:
             return None
-        if work < PARALLEL_MIN_ELEMENTS or extent < 2:
+        if _typical(work) < PARALLEL_MIN_ELEMENTS or _typical(extent) < 2:
             return None
-        return extent, mode
+        guards = [(work, PARALLEL_MIN_ELEMENTS)] if isinstance(work, Sym) else []
+        return extent, mode, guards
 
-    def _parallel_dispatcher(self, name, range_fn, n_params, root, plan):
+    def _parallel_dispatcher(self, name, range_fn, n_fixed, root, plan):
         """The kernel as the entry calls it: split [0, extent) into one fixed chunk per thread,
         run chunk 0 here and the others on new threads, then join (no thread idles or spins).
         Chunk bounds depend only on the extent and thread count: results never depend on
-        timing. A thread that cannot be created runs its chunk here instead."""
-        extent, mode = plan
-        threads = min(self.num_threads, extent)
-        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * (n_params + 1)), name)
+        timing. A thread that cannot be created runs its chunk here instead, and so do all
+        chunks when a guard finds the sizes too small: the same chunks, the same results."""
+        extent, mode, guards = plan
+        symbolic = isinstance(extent, Sym)
+        threads = self.num_threads if symbolic else min(self.num_threads, extent)
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * n_fixed), name)
         fn.linkage = "internal"
-        worker = self._worker(name, range_fn, n_params, mode)
+        worker = self._worker(name, range_fn, n_fixed, mode)
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        words = n_params + 1 + 2 + (1 if mode == "partials" else 0)
+        if self.symbols:
+            bind_sizes(b, fn.args[-1], self.symbols)
+        status_arg = fn.args[n_fixed - 1 - bool(self.symbols)]
+        words = n_fixed + 2 + (1 if mode == "partials" else 0)
         acc_type = None
         if mode == "partials":
             acc_dtype = np.dtype(compute_dtype(node_typing(self.g, root)))
@@ -542,34 +578,53 @@ class GraphLowering:
         join = self._libc("pthread_join", I32, [I64, PTR])
         handles = b.alloca(I64, size=ir.Constant(I64, threads), name="threads")
         started = b.alloca(ir.IntType(1), size=ir.Constant(I64, threads), name="started")
-        bounds = [extent * t // threads for t in range(threads + 1)]
+        if symbolic:
+            extent_value = size_value(b, extent)
+            bounds = [b.sdiv(b.mul(extent_value, ir.Constant(I64, t)), ir.Constant(I64, threads))
+                      for t in range(threads + 1)]
+        else:
+            bounds = [ir.Constant(I64, extent * t // threads) for t in range(threads + 1)]
 
         def chunk_args(t):
-            args = list(fn.args) + [ir.Constant(I64, bounds[t]), ir.Constant(I64, bounds[t + 1])]
+            args = list(fn.args) + [bounds[t], bounds[t + 1]]
             if mode == "partials":
                 args.append(b.gep(partials, [ir.Constant(I64, t)], source_etype=acc_type))
             return args
 
-        for t in range(1, threads):
-            ctx = b.alloca(I64, size=ir.Constant(I64, words), name=f"ctx{t}")
-            for i, value in enumerate(chunk_args(t)):
-                word = b.ptrtoint(value, I64) if isinstance(value.type, ir.PointerType) else value
-                b.store(word, b.gep(ctx, [ir.Constant(I64, i)], source_etype=I64))
-            slot = b.gep(handles, [ir.Constant(I64, t)], source_etype=I64)
-            rc = b.call(create, [slot, ir.Constant(PTR, None), worker, ctx])
-            ok = b.icmp_unsigned("==", rc, ir.Constant(I32, 0))
-            b.store(ok, b.gep(started, [ir.Constant(I64, t)], source_etype=ir.IntType(1)))
-            with b.if_then(b.not_(ok)):
-                b.call(range_fn, chunk_args(t))
-        b.call(range_fn, chunk_args(0))
-        for t in range(1, threads):
-            ok = b.load(b.gep(started, [ir.Constant(I64, t)], source_etype=ir.IntType(1)),
-                        typ=ir.IntType(1))
-            with b.if_then(ok):
-                handle = b.load(b.gep(handles, [ir.Constant(I64, t)], source_etype=I64), typ=I64)
-                b.call(join, [handle, ir.Constant(PTR, None)])
+        def spawn():
+            for t in range(1, threads):
+                ctx = b.alloca(I64, size=ir.Constant(I64, words), name=f"ctx{t}")
+                for i, value in enumerate(chunk_args(t)):
+                    word = b.ptrtoint(value, I64) if isinstance(value.type, ir.PointerType) else value
+                    b.store(word, b.gep(ctx, [ir.Constant(I64, i)], source_etype=I64))
+                slot = b.gep(handles, [ir.Constant(I64, t)], source_etype=I64)
+                rc = b.call(create, [slot, ir.Constant(PTR, None), worker, ctx])
+                ok = b.icmp_unsigned("==", rc, ir.Constant(I32, 0))
+                b.store(ok, b.gep(started, [ir.Constant(I64, t)], source_etype=ir.IntType(1)))
+                with b.if_then(b.not_(ok)):
+                    b.call(range_fn, chunk_args(t))
+            b.call(range_fn, chunk_args(0))
+            for t in range(1, threads):
+                ok = b.load(b.gep(started, [ir.Constant(I64, t)], source_etype=ir.IntType(1)),
+                            typ=ir.IntType(1))
+                with b.if_then(ok):
+                    handle = b.load(b.gep(handles, [ir.Constant(I64, t)], source_etype=I64), typ=I64)
+                    b.call(join, [handle, ir.Constant(PTR, None)])
+
+        if guards:
+            small = ir.Constant(ir.IntType(1), 0)
+            for size, minimum in guards:
+                small = b.or_(small, b.icmp_signed("<", size_value(b, size), ir.Constant(I64, minimum)))
+            with b.if_else(small) as (one_thread, many):
+                with one_thread:
+                    for t in range(threads):
+                        b.call(range_fn, chunk_args(t))
+                with many:
+                    spawn()
+        else:
+            spawn()
         if mode == "partials":
-            kernel = _KernelBody(self, b, set(), {root: fn.args[0]}, fn.args[n_params])
+            kernel = _KernelBody(self, b, set(), {root: fn.args[0]}, status_arg)
             kernel.finish_partials(root, [
                 b.load(b.gep(partials, [ir.Constant(I64, t)], source_etype=acc_type), typ=acc_type)
                 for t in range(threads)])
@@ -589,6 +644,16 @@ class GraphLowering:
         b.call(range_fn, args)
         b.ret(ir.Constant(PTR, None))
         return worker
+
+
+TYPICAL_SIZE = 1024  # what a size symbol stands for when deciding how to split work
+
+
+def _typical(size):
+    """A size with every symbol at TYPICAL_SIZE: for choices made once for all sizes."""
+    if isinstance(size, Sym):
+        return size.evaluate({name: TYPICAL_SIZE for name in size.symbols()})
+    return size
 
 
 class _KernelBody:
@@ -661,7 +726,7 @@ class _KernelBody:
         k = len(i_shape)
         j = em.cast(g.nodes[indices]["dtype"], np.dtype(np.int64),
                     self.value(indices, list(idx[axis:axis + k])))
-        size = ir.Constant(I64, x_shape[axis])
+        size = size_value(b, x_shape[axis])
         j = b.select(b.icmp_signed("<", j, ir.Constant(I64, 0)), b.add(j, size), j)
         bad = b.or_(b.icmp_signed("<", j, ir.Constant(I64, 0)), b.icmp_signed(">=", j, size))
         em.raise_if(bad, ERR_INDEX_OUT_OF_RANGE)
@@ -872,6 +937,7 @@ class _KernelBody:
         lane j accumulates elements j, j+W, j+2W, ... (W lanes fill a few SIMD registers),
         then the lanes combine in a fixed pairwise tree."""
         b, em = self.b, self.em
+        size = size_value(b, size) if isinstance(size, Sym) else size
         dynamic = not isinstance(size, int)
         lanes = PARTIAL_SUM_BYTES // dtype.itemsize
         lanes = lanes if dynamic else max(1, min(lanes, size))
@@ -937,10 +1003,43 @@ class _KernelBody:
         out2 = batch + (m, n)
         ptr = self.pointers[root]
         a_dtype, b_dtype = g.nodes[a]["dtype"], g.nodes[bb]["dtype"]
-        if uses_gemm(dtype, m, n, k) and a not in self.members and bb not in self.members:
+        operands_ready = a not in self.members and bb not in self.members
+        if isinstance(m, Sym) and operands_ready and uses_gemm(dtype, _typical(m), n, k):
+            # One compilation for all row counts: the GEMM for enough rows, else the loop
+            # nest (both add in the same order, so results agree bit for bit).
+            rows = self.outer[1] if self.outer else size_value(b, m * math.prod(batch))
+            if self.outer:
+                rows = b.sub(rows, self.outer[0])
+            enough = b.and_(b.icmp_signed(">=", rows, ir.Constant(I64, GEMM_MIN_ROWS)),
+                            b.icmp_signed(">=", b.mul(rows, ir.Constant(I64, n * k)),
+                                          ir.Constant(I64, GEMM_MIN_WORK)))
+            with b.if_else(enough) as (gemm, nest):
+                with gemm:
+                    emit_matmul(em, self.pointers[a], self.pointers[bb], ptr, batch, a2, b2,
+                                a_dtype, b_dtype, dtype, rows=self.outer)
+                with nest:
+                    self._matmul_nest(root)
+            return
+        if not isinstance(m, Sym) and uses_gemm(dtype, m, n, k) and operands_ready:
             emit_matmul(em, self.pointers[a], self.pointers[bb], ptr, batch, a2, b2,
                         a_dtype, b_dtype, dtype, rows=self.outer)
             return
+        self._matmul_nest(root)
+
+    def _matmul_nest(self, root):
+        """Matmul as a loop nest: C[i, j] = sum over k in ascending order."""
+        g, em, b = self.g, self.em, self.b
+        d = g.nodes[root]
+        a, bb = d["args"]
+        a_shape, b_shape = g.nodes[a]["shape"], g.nodes[bb]["shape"]
+        a2 = (1,) + a_shape if len(a_shape) == 1 else a_shape
+        b2 = b_shape + (1,) if len(b_shape) == 1 else b_shape
+        dtype = np.dtype(d["dtype"])
+        m, k, n = a2[-2], a2[-1], b2[-1]
+        batch = d["shape"][: len(d["shape"]) - (len(a_shape) > 1) - (len(b_shape) > 1)]
+        out2 = batch + (m, n)
+        ptr = self.pointers[root]
+        a_dtype, b_dtype = g.nodes[a]["dtype"], g.nodes[bb]["dtype"]
 
         def load(node, node_dtype, shape2, index):
             self.memo.clear()
@@ -971,7 +1070,13 @@ class _KernelBody:
 
                 emit_loop(b, k, over_k, "k")
 
-            emit_loop(b, m, row, "m")
+            if self.outer is not None:  # this thread's rows (of an unbatched product)
+                if batch:
+                    raise NotGeneric("a threaded batched matmul needs concrete sizes")
+                lo, hi = self.outer
+                emit_loop(b, b.sub(hi, lo), row, "m", start=lo)
+            else:
+                emit_loop(b, m, row, "m")
 
         emit_nest(b, batch, per_row, "batch")
 

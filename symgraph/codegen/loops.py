@@ -3,7 +3,37 @@ from __future__ import annotations
 
 from llvmlite import ir
 
+from ..shapes import NotGeneric, Sym
+
 I64 = ir.IntType(64)
+
+
+def size_value(b: ir.IRBuilder, size):
+    """An i64 for a size: a constant, or for a symbolic size (a shapes.Sym) its polynomial
+    over the symbol values the current function loaded on entry (see bind_sizes)."""
+    if isinstance(size, ir.Value):
+        return size
+    if not isinstance(size, Sym):
+        return ir.Constant(I64, int(size))
+    values = getattr(b.function, "_symgraph_sizes", None)
+    if values is None:
+        raise NotGeneric(f"size {size} is needed where no size symbols are bound")
+    total = None
+    for mono, coef in sorted(size.terms.items()):
+        term = None if mono and coef == 1 else ir.Constant(I64, coef)
+        for symbol in mono:
+            term = values[symbol] if term is None else b.mul(term, values[symbol], flags=["nsw"])
+        total = term if total is None else b.add(total, term, flags=["nsw"])
+    return total
+
+
+def bind_sizes(b: ir.IRBuilder, dims_ptr, symbols) -> None:
+    """Load the size symbols' values (an i64 each, in `symbols` order, from `dims_ptr`) at
+    the current point, which must dominate every use: the function's entry."""
+    b.function._symgraph_sizes = {
+        s: b.load(b.gep(dims_ptr, [ir.Constant(I64, i)], source_etype=I64, inbounds=True),
+                  typ=I64, name=f"size.{s}")
+        for i, s in enumerate(symbols)}
 
 
 def emit_loop(b: ir.IRBuilder, count, body, name: str = "i", start=None,
@@ -14,6 +44,8 @@ def emit_loop(b: ir.IRBuilder, count, body, name: str = "i", start=None,
     loop when it is not positive); `start` defaults to 0. `vector_width` fixes the SIMD
     width LLVM's loop vectorizer uses, sparing it the search over widths.
     """
+    if isinstance(count, Sym):
+        count = size_value(b, count)
     dynamic = not isinstance(count, int)
     if not dynamic:
         if count == 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 
 from ..graph import copy_graph, nbytes
+from ..shapes import Sym
 
 ALIGN = 64
 
@@ -68,6 +69,8 @@ def plan(g, *, reuse: bool):
     g = copy_graph(g)
     nodes = materialized_intermediates(g)
     ranges = live_ranges(g, nodes)
+    if any(isinstance(buffer_bytes(g, n), Sym) for n in nodes):
+        return _plan_symbolic(g, nodes, ranges, reuse)
     # free: [(offset, size)]; active: a heap of (last reader, offset, size), so each kernel
     # releases what died before it without rescanning everything still live.
     free, active, top = [], [], 0
@@ -98,6 +101,37 @@ def plan(g, *, reuse: bool):
         g.nodes[n]["offset"] = slot[0]
         g.nodes[n]["buffer"] = buffers.setdefault(slot[0], len(buffers))
     no_reuse = sum(_aligned(buffer_bytes(g, n)) for n in nodes)
+    g.graph["workspace_bytes"] = top
+    g.graph["memory_plan"] = {"peak_bytes": top, "no_reuse_bytes": no_reuse,
+                              "num_buffers": len(buffers), "intermediates": len(nodes)}
+    return g, {"bytes_saved": no_reuse - top, "buffers": len(buffers)}
+
+
+def _plan_symbolic(g, nodes, ranges, reuse):
+    """The plan when sizes are symbolic (one compilation for all sizes): offsets are
+    polynomials in the size symbols, each region reserves ALIGN bytes more than it needs so
+    code can round its start up to ALIGN at run time, and a dead buffer is reused only by
+    one of the very same size (sizes whose order depends on the symbols cannot be
+    compared)."""
+    free, active, top, seq = {}, [], 0, 0
+    buffers = {}
+    for n in nodes:
+        start, end = ranges[n]
+        size = buffer_bytes(g, n) + ALIGN
+        if reuse:
+            while active and active[0][0] < start:
+                _, _, offset, length = heapq.heappop(active)
+                free.setdefault(length, []).append(offset)
+        slots = free.get(size) if reuse else None
+        if slots:
+            offset = slots.pop()
+        else:
+            offset, top = top, top + size
+        heapq.heappush(active, (end, seq, offset, size))
+        seq += 1
+        g.nodes[n]["offset"] = offset
+        g.nodes[n]["buffer"] = buffers.setdefault(offset, len(buffers))
+    no_reuse = sum((buffer_bytes(g, n) + ALIGN for n in nodes), 0)
     g.graph["workspace_bytes"] = top
     g.graph["memory_plan"] = {"peak_bytes": top, "no_reuse_bytes": no_reuse,
                               "num_buffers": len(buffers), "intermediates": len(nodes)}

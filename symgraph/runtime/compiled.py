@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import gc
 import keyword
+import math
 import os
 import threading
 
@@ -36,7 +37,9 @@ from ..errors import (
 )
 from ..frontend import Expr, find_variables, to_graph
 from ..graph import to_text
-from ..infer import check_input, specialize
+from ..infer import check_input, specialize, specialize_generic
+from ..shapes import NotGeneric, Sym, Unify
+from ..shapes import evaluate as evaluate_size
 from ..ops.control import ERR_MAX_ITERS
 from ..ops.indexing import ERR_INDEX_OUT_OF_RANGE
 from ..ops.elementwise import ERR_NEGATIVE_INT_POWER
@@ -225,6 +228,66 @@ class Executable:
 
 
 
+class GenericExecutable:
+    """Native code for every size of the open (None or named) axes: the sizes are passed at
+    run time. `input_shapes` holds each input's shape with a Sym per open axis (after the
+    rules identified axes that must agree); a call binds the symbols from its arrays."""
+
+    MAX_BOUND = 4096  # distinct shapes whose bindings are kept for the fast path
+
+    def __init__(self, exe, input_shapes, symbols):
+        self.exe = exe
+        self.input_shapes = input_shapes
+        self.symbols = symbols
+        g = exe.graph
+        self.out_types = [(g.nodes[o]["shape"], g.nodes[o]["dtype"]) for o in g.graph["outputs"]]
+        self.workspace = g.graph.get("workspace_bytes", 0)
+
+    def bind(self, arrays):
+        """{symbol: size} for these arrays, or None when they break a constraint (an axis
+        the rules identified with another, or with a fixed size, differs)."""
+        values = {}
+        for array, shape in zip(arrays, self.input_shapes):
+            if array.ndim != len(shape):
+                return None
+            for want, got in zip(shape, array.shape):
+                if isinstance(want, Sym):
+                    if values.setdefault(want.name, got) != got:
+                        return None
+                elif want != got:
+                    return None
+        return values
+
+    def bound(self, values):
+        """An executable-like object for one binding, as the dispatcher calls it."""
+        return _BoundShape(self, values)
+
+
+class _BoundShape:
+    """Generic code with its size values fixed: what the dispatcher finds for one shape."""
+
+    def __init__(self, generic, values):
+        self.generic = generic
+        self.executable = generic.exe
+        self.check_sites = generic.exe.check_sites
+        self.out_types = [(tuple(evaluate_size(d, values) for d in shape), dtype)
+                          for shape, dtype in generic.out_types]
+        need = sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in self.out_types)
+        if need > _physical_memory():
+            raise OutOfMemory(f"the outputs of this call need {need / 2**30:.1f} GiB (shapes "
+                              f"{', '.join(str(s) for s, _ in self.out_types)}), more than "
+                              "this machine's memory")
+        self.workspace_bytes = evaluate_size(generic.workspace, values)
+        dims = np.array([values[s] for s in generic.symbols], dtype=np.int64)
+        inner = generic.exe.cfunc
+
+        def cfunc(*args):
+            return inner(*args, dims)
+
+        self.cfunc = cfunc
+        self.hits = 0
+
+
 class _CachedExecutable(Executable):
     """Native code loaded from the persistent cache: the graph stages are rebuilt lazily."""
 
@@ -244,11 +307,12 @@ class _CachedExecutable(Executable):
     pass_log = property(lambda self: self._result()[1])
     stages = property(lambda self: self._result()[2])
 
-def _add_python_entry(module: ir.Module, name: str, n_args: int) -> str:
-    """A wrapper taking numpy array objects (the inputs, the outputs, then the workspace):
-    it reads their data pointers, so Python never extracts a pointer itself."""
+def _add_python_entry(module: ir.Module, name: str) -> str:
+    """A wrapper taking numpy array objects (the inputs, the outputs, the workspace, and for
+    shape-generic code the size values): it reads their data pointers, so Python never
+    extracts a pointer itself."""
     inner = module.get_global(name)
-    wrapper = ir.Function(module, ir.FunctionType(I32, [PTR] * (n_args + 1)), f"{name}.py")
+    wrapper = ir.Function(module, ir.FunctionType(I32, [PTR] * len(inner.args)), f"{name}.py")
     b = ir.IRBuilder(wrapper.append_basic_block("entry"))
     pointers = []
     for arg in wrapper.args:
@@ -373,6 +437,8 @@ class CompiledFunction:
         array([3., 3., 3.])
     """
 
+    SHAPE_GENERIC = True  # whether open axes get code for all sizes (the CPU target does)
+
     def __init__(self, structure, variables, *, opt_level=2, disable=(), name="symgraph_main",
                  verify=None, num_threads=None, check_finite=False):
         self.structure = structure
@@ -394,13 +460,21 @@ class CompiledFunction:
         self._latest = None
         self._lock = threading.Lock()
         self._misses = self._compilations = 0
+        # Shape-generic code per input dtypes, when every input declares its rank and some
+        # axis is open (None or named): one compilation serves every size of those axes.
+        self._generics = {}
+        self._polymorphic = self.SHAPE_GENERIC and all(
+            v.attrs.get("shape") is not None for v in variables) and any(
+            d is None or isinstance(d, str) for v in variables for d in v.attrs["shape"])
         self._fast = self._generate_fast_path()
-        declared = [v.attrs.get("shape") is not None and None not in v.attrs["shape"]
+        declared = [v.attrs.get("shape") is not None and all(isinstance(d, int) for d in v.attrs["shape"])
                     and v.attrs.get("dtype") is not None for v in variables]
         if all(declared):
             # Generate code now; the key is what a C-contiguous call of that type will look up.
             types = [(tuple(v.attrs["shape"]), v.attrs["dtype"]) for v in variables]
             self._specialize(types, _contiguous_key(types))
+        elif self._polymorphic and all(v.attrs.get("dtype") is not None for v in variables):
+            self._generic_code(tuple(v.attrs["dtype"] for v in variables))
 
     # --- introspection ------------------------------------------------------------------
     @property
@@ -523,6 +597,8 @@ class CompiledFunction:
         key = self._key(arrays)
         exe = self._specializations.get(key)
         if exe is None:
+            exe = self._generic_for(arrays, key)
+        if exe is None:
             # Contiguous arrays may show unusual strides (size-0 or size-1 axes): file the code
             # under the canonical key, and this call's key too so the fast path finds it.
             exe = self._specialize(arrays, _contiguous_key((a.shape, a.dtype) for a in arrays))
@@ -611,6 +687,84 @@ def fast({params}{', ' if params else ''}*, out=None):
             targets.append(o)
         return targets
 
+    # --- shape-generic code ------------------------------------------------------------------
+    @property
+    def shape_generic(self):
+        """Whether calls are served by code compiled once for all sizes of the open axes
+        (None when no call or declaration has asked yet); see ``generic_status``."""
+        if not self._generics:
+            return None
+        return any(isinstance(g, GenericExecutable) for g in self._generics.values())
+
+    @property
+    def generic_status(self):
+        """{input dtypes: 'generic' or the reason the graph needs concrete sizes}."""
+        return {key: "generic" if isinstance(g, GenericExecutable) else str(g)
+                for key, g in self._generics.items()}
+
+    def _generic_code(self, dtypes):
+        """The GenericExecutable for these input dtypes (built on first need), or the
+        NotGeneric saying why there is none."""
+        found = self._generics.get(dtypes)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._generics.get(dtypes)
+            if found is None:
+                try:
+                    with _gc_paused():
+                        found = self._build_generic(dtypes)
+                    self._misses += 1
+                    self._compilations += 1
+                    self._latest = found.exe
+                except NotGeneric as exc:
+                    found = exc
+                self._generics[dtypes] = found
+            return found
+
+    def _generic_for(self, arrays, key):
+        """What serves these arrays through generic code (filed under `key` for the fast
+        path), or None when the graph or this call's shapes need their own code."""
+        if not self._polymorphic:
+            return None
+        generic = self._generic_code(tuple(a.dtype for a in arrays))
+        if not isinstance(generic, GenericExecutable):
+            return None
+        values = generic.bind(arrays)
+        if values is None:
+            return None
+        bound = generic.bound(values)
+        if len(self._specializations) < GenericExecutable.MAX_BOUND:
+            self._specializations[key] = bound
+        return bound
+
+    def _build_generic(self, dtypes):
+        declared = {name: (v.attrs["shape"], np.dtype(dtype))
+                    for name, v, dtype in zip(self.inputs, self.variables, dtypes)}
+        g, input_shapes = specialize_generic(self._template, declared)
+        symbols = sorted({s for shape in input_shapes.values() for d in shape
+                          if isinstance(d, Sym) for s in d.symbols()})
+        if not symbols:
+            raise NotGeneric("every axis has a fixed size")
+        g.graph["symbols"] = symbols
+        try:
+            g, log, stages = self._optimize(g)
+            check_sites = []
+            module = lower_graph(g, self.name, _math_impl(), num_threads=self.num_threads,
+                                 check_finite=self.check_finite, check_sites=check_sites,
+                                 vector_bytes=host_vector_bytes())
+            wrapper = _add_python_entry(module, self.name)
+            library = CodeLibrary(module, self.name)
+        except Unify as exc:
+            raise NotGeneric(f"sizes {exc} are compared after specialization") from None
+        n_args = len(self.inputs) + len(g.graph["outputs"]) + 2
+        signature = ctypes.CFUNCTYPE(ctypes.c_int32, *([ctypes.py_object] * n_args))
+        cfunc = signature(library.address(wrapper))
+        out_types = [(g.nodes[o]["shape"], g.nodes[o]["dtype"]) for o in g.graph["outputs"]]
+        exe = Executable(g, log, library, cfunc, out_types, stages)
+        exe.check_sites = check_sites
+        return GenericExecutable(exe, [input_shapes[name] for name in self.inputs], symbols)
+
     # --- specialization --------------------------------------------------------------------
     def _specialize(self, types, key):
         """Code for inputs of the given [(shape, dtype)] (arrays work too), cached by key."""
@@ -646,7 +800,7 @@ def fast({params}{', ' if params else ''}*, out=None):
         module = lower_graph(g, self.name, _math_impl(), num_threads=self.num_threads,
                              check_finite=self.check_finite, check_sites=check_sites,
                              vector_bytes=host_vector_bytes())
-        wrapper = _add_python_entry(module, self.name, n_args)
+        wrapper = _add_python_entry(module, self.name)
         out_types = [(g.nodes[o]["shape"], g.nodes[o]["dtype"]) for o in g.graph["outputs"]]
         if key is not None:
             meta = {"workspace_bytes": int(g.graph.get("workspace_bytes", 0)),

@@ -276,6 +276,8 @@ def _nbytes(t):
 class CudaFunction(CompiledFunction):
     """The callable compile(..., target='cuda') returns; ``ptx`` holds the generated code."""
 
+    SHAPE_GENERIC = False  # device code is specialized per shape
+
     def __init__(self, structure, variables, *, arch=None, **options):
         self.target = "cuda"
         self.requested_arch = None if arch is None else normalize_arch(arch)
@@ -291,7 +293,7 @@ class CudaFunction(CompiledFunction):
         if self._latest is None:
             undeclared = [v.attrs["name"] for v in self.variables
                           if v.attrs.get("dtype") is None or v.attrs.get("shape") is None
-                          or None in v.attrs["shape"]]
+                          or not all(isinstance(d, int) for d in v.attrs["shape"])]
             raise ArgumentError(
                 f"no PTX yet: Variable(s) {undeclared} do not declare a full shape and dtype",
                 hint="code generation is static-shape: declare Variable(name, shape=(...), "

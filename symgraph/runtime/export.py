@@ -90,7 +90,7 @@ def _final_graph(f):
             raise ArgumentError(f"export needs every input's shape and dtype declared; input "
                                 f"{name!r} has shape={shape}, dtype={dtype}", locs=(v.loc,),
                                 hint=f"Variable({name!r}, shape=(...), dtype='float64')")
-        if None in shape:
+        if not all(isinstance(d, int) for d in shape):
             raise ArgumentError(f"input {name!r} has a polymorphic size (shape {shape}): "
                                 "polymorphic sizes are not supported yet by export",
                                 locs=(v.loc,), hint="declare every size")
