@@ -312,7 +312,9 @@ def _axes(v):
 
 def _var_shape(v):
     return v is None or (isinstance(v, tuple) and len(v) <= MAX_RANK
-                         and all(d is None or (_is_int(d) and 0 <= d <= MAX_ELEMENTS) for d in v))
+                         and all(d is None or (isinstance(d, str) and d.isidentifier()
+                                               and len(d) <= 100)
+                                 or (_is_int(d) and 0 <= d <= MAX_ELEMENTS) for d in v))
 
 
 # Attribute schema per op: {attr: check}. Elementwise and matmul ops take none.

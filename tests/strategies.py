@@ -32,6 +32,7 @@ DTYPE_NAMES = ("bool", "int32", "int64", "float32", "float64")
 class Value:
     expr: object  # built over declared Variables (typed as it is built)
     free: object  # the same computation over undeclared Variables
+    open: object = None  # and over Variables whose every axis is open (shape (None, ...))
     rtol: float = 0.0  # relative tolerance of an approximate value, 0 when exact
     sums: tuple = ()  # ((exprs...), terms): absolute error ~ prod(max |expr|) * terms * eps
 
@@ -51,12 +52,12 @@ class Value:
 def _apply(build, *operands, rtol=0.0, sums=()):
     """`build` over the declared and over the undeclared twins of the operands."""
     return Value(build(*[o.expr for o in operands]), build(*[o.free for o in operands]),
-                 rtol, sums)
+                 build(*[o.open for o in operands]), rtol, sums)
 
 
 @dataclass
 class Generated:
-    variables: list  # (declared, undeclared) pairs
+    variables: list  # (declared, undeclared, open-axes) triples
     inputs: dict
     outputs: list = field(default_factory=list)  # Values
     ops: list = field(default_factory=list)  # readable log of what was built
@@ -294,9 +295,10 @@ def graphs(draw, max_inputs=3, max_steps=6):
         shape = _broadcastable_variant(draw, base)
         dtype = draw(st.sampled_from(DTYPE_NAMES))
         v = sg.Variable(f"in{i}", shape=shape, dtype=dtype)
-        variables.append((v, sg.Variable(f"in{i}")))
+        variables.append((v, sg.Variable(f"in{i}"),
+                          sg.Variable(f"in{i}", shape=(None,) * len(shape), dtype=dtype)))
         inputs[v.name] = draw(arrays(dtype, shape))
-        pool.append(Value(v, variables[-1][1]))
+        pool.append(Value(v, variables[-1][1], variables[-1][2]))
     gen = Generated(variables, inputs)
     steps = draw(st.integers(1, max_steps))
     for _ in range(steps):

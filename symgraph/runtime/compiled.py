@@ -287,6 +287,10 @@ class _BoundShape:
         self.cfunc = cfunc
         self.hits = 0
 
+    @property
+    def graph(self):
+        return self.executable.graph
+
 
 class _CachedExecutable(Executable):
     """Native code loaded from the persistent cache: the graph stages are rebuilt lazily."""
