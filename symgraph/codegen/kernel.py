@@ -406,8 +406,6 @@ class GraphLowering:
         params = roots + reads
         name = f"{self.name}.k{k}.{g.nodes[root]['op']}"
         kind = get_op(g.nodes[root]["op"]).kind
-        if self.symbols and kind in ("conv", "pool"):
-            raise NotGeneric(f"{g.nodes[root]['op']} needs concrete sizes")
         plan = self._parallel_plan(root, member_set) if self.num_threads > 1 else None
         extra = [I64, I64] + ([PTR] if plan and plan[1] == "partials" else []) if plan else []
         n_fixed = len(params) + 1 + bool(self.symbols)  # buffers, status, [sizes]

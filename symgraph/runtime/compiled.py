@@ -207,6 +207,8 @@ class _Stages(dict):
 class Executable:
     """Native code for one input signature, with the typed graph and its stages."""
 
+    extra = ()  # arguments after the workspace: the size values, for shape-generic code
+
     def __init__(self, g, pass_log, library, cfunc, out_types, stages):
         # The workspace comes from numpy's allocator (huge pages for big buffers), per call.
         self.workspace_bytes = g.graph.get("workspace_bytes", 0)
@@ -278,13 +280,8 @@ class _BoundShape:
                               f"{', '.join(str(s) for s, _ in self.out_types)}), more than "
                               "this machine's memory")
         self.workspace_bytes = evaluate_size(generic.workspace, values)
-        dims = np.array([values[s] for s in generic.symbols], dtype=np.int64)
-        inner = generic.exe.cfunc
-
-        def cfunc(*args):
-            return inner(*args, dims)
-
-        self.cfunc = cfunc
+        self.cfunc = generic.exe.cfunc
+        self.extra = (np.array([values[s] for s in generic.symbols], dtype=np.int64),)
         self.hits = 0
 
     @property
@@ -653,7 +650,7 @@ def fast({params}{', ' if params else ''}*, out=None):
 {allocs}
             ws = exe.workspace_bytes
             ws = empty(ws, uint8) if ws else no_workspace
-            status = exe.cfunc({params}{', ' if params else ''}{', '.join(outs)}, ws)
+            status = exe.cfunc({params}{', ' if params else ''}{', '.join(outs)}, ws, *exe.extra)
             if status:
                 fail(status, exe, ({params}{',' if len(names) == 1 else ''}))
             return {packed}
@@ -667,7 +664,7 @@ def fast({params}{', ' if params else ''}*, out=None):
 
     def _run(self, exe, arrays, outs):
         ws = np.empty(exe.workspace_bytes, np.uint8) if exe.workspace_bytes else _NO_WORKSPACE
-        status = exe.cfunc(*arrays, *outs, ws)
+        status = exe.cfunc(*arrays, *outs, ws, *exe.extra)
         if status:
             _fail(status, exe, arrays)
 
