@@ -188,8 +188,11 @@ def test_native_cpu_export(tmp_path):
 def test_export_needs_declared_shapes_and_dtypes(tmp_path):
     with pytest.raises(ArgumentError, match="declared"):
         sg.compile(sg.Variable("a") * 2).export(tmp_path)
-    with pytest.raises(ArgumentError, match="polymorphic sizes are not supported yet"):
-        sg.compile(sg.Variable("a", (None, 2), "float64") * 2).export(tmp_path)
+    open_size = sg.Variable("a", (None, 4), "float64")
+    w = sg.Variable("w", (4, 4), "float64")
+    loop = sg.while_loop(lambda i, x: i < 3, lambda i, x: (i + 1, x @ w), (0, open_size))[1]
+    with pytest.raises(ArgumentError, match="cannot be exported with open sizes"):
+        sg.compile(loop).export(tmp_path)
     f = sg.compile(sg.Variable("a", (2,), "float64") * 2)
     with pytest.raises(ArgumentError, match="C identifier"):
         f.export(tmp_path, name="not-valid")
@@ -222,3 +225,60 @@ def test_cli_export(tmp_path):
                           str(tmp_path / "out2"), "--output", "nope"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "nope" in bad.stderr
+
+
+GENERIC_MAIN = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "gen.h"
+int main(int argc, char **argv) {
+    int64_t batch = atoll(argv[1]);
+    double *x = malloc((size_t)(batch * 3 + 1) * sizeof(double));
+    double *y = malloc((size_t)(batch * 2 + 1) * sizeof(double));
+    double total[1];
+    for (int64_t i = 0; i < batch * 3; i++) x[i] = (double)(i % 7) - 2.5;
+    int64_t shape[2];
+    if (gen_output_shape(0, shape, batch) || shape[0] != batch || shape[1] != 2) return 2;
+    int status = gen_run(x, batch * 3, y, batch * 2, total, 1, batch);
+    if (status) { printf("status %d %s\n", status, gen_strerror(status)); return 1; }
+    for (int64_t i = 0; i < batch * 2; i++) printf("%a\n", y[i]);
+    printf("%a\n", total[0]);
+    printf("count %d\n", gen_run(x, batch * 3 + 1, y, batch * 2, total, 1, batch) == GEN_ERR_COUNT);
+    printf("negative %d\n", gen_run(x, 0, y, 0, total, 1, -1) == GEN_ERR_COUNT);
+    printf("huge %d\n", gen_run(x, 3, y, 2, total, 1, INT64_MAX / 2) == GEN_ERR_COUNT);
+    int64_t ws = gen_workspace_bytes(batch);
+    void *buffer = aligned_alloc(64, (size_t)((ws + 63) / 64 * 64 + 64));
+    printf("ws %d\n", ws >= 0 && gen_run_workspace(x, batch * 3, y, batch * 2, total, 1, batch,
+                                                   buffer, ws) == 0);
+    free(buffer); free(x); free(y);
+    return 0;
+}
+"""
+
+
+@needs_cc
+def test_open_sizes_export_and_run_from_c(tmp_path):
+    """One library for every batch: the size comes after the counts, and counts, output
+    shapes and the workspace follow it."""
+    x = sg.Variable("x", ("batch", 3), "float64")
+    w = np.linspace(-1, 1, 6).reshape(3, 2)
+    y = sg.tanh(x @ w) * 2 + 1
+    f = sg.compile({"y": y, "total": sg.sum(y * y)}, name="gen")
+    lib, header = f.export(tmp_path / "out")
+    text = open(header).read()
+    assert "int64_t size_batch" in text and "GEN_NUM_SIZES 1" in text
+    exe = tmp_path / "main"
+    (tmp_path / "main.c").write_text(GENERIC_MAIN)
+    subprocess.run([CC, "-std=c11", "-Wall", "-Werror", "-o", str(exe), str(tmp_path / "main.c"),
+                    f"-I{tmp_path / 'out'}", f"-L{tmp_path / 'out'}", "-lgen",
+                    f"-Wl,-rpath,{tmp_path / 'out'}"], check=True, capture_output=True, text=True)
+    for batch in (1, 5, 0, 1000):
+        data = (np.arange(batch * 3) % 7 - 2.5).reshape(batch, 3)
+        want = f(data)
+        done = subprocess.run([str(exe), str(batch)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        lines = done.stdout.split("\n")
+        got = np.array([float.fromhex(v) for v in lines[:batch * 2]]).reshape(batch, 2)
+        np.testing.assert_array_equal(got, want["y"])
+        assert float.fromhex(lines[batch * 2]) == want["total"]
+        assert lines[batch * 2 + 1:batch * 2 + 5] == ["count 1", "negative 1", "huge 1", "ws 1"]

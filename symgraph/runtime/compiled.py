@@ -244,6 +244,10 @@ class GenericExecutable:
         g = exe.graph
         self.out_types = [(g.nodes[o]["shape"], g.nodes[o]["dtype"]) for o in g.graph["outputs"]]
         self.workspace = g.graph.get("workspace_bytes", 0)
+        # Sizes the rules derived (h - 2 for an unpadded 3x3 convolution, say) that some
+        # input sizes would make negative: such calls get concrete code, and its error.
+        self.derived = {d for n in g.nodes if not isinstance(g.nodes[n]["dtype"], tuple)
+                        for d in g.nodes[n]["shape"] if isinstance(d, Sym) and not d.is_symbol()}
 
     def bind(self, arrays):
         """{symbol: size} for these arrays, or None when they break a constraint (an axis
@@ -258,6 +262,8 @@ class GenericExecutable:
                         return None
                 elif want != got:
                     return None
+        if any(d.evaluate(values) < 0 for d in self.derived):
+            return None
         return values
 
     def bound(self, values):

@@ -22,7 +22,9 @@ import numpy as np
 from ..codegen import cpu as cpu_target
 from ..codegen.kernel import lower_graph
 from ..errors import ArgumentError, CompileError
-from ..infer import specialize
+from ..infer import specialize, specialize_generic
+from ..shapes import NotGeneric, Sym
+from ..shapes import substitute as size_substitute
 from ..passes import run_passes
 from .cache import compile_object
 
@@ -81,6 +83,7 @@ def _ident(text, fallback):
 
 
 def _final_graph(f):
+    """The optimized graph to export, and its size symbols (none for static shapes)."""
     variables = f.variables
     types = []
     for v in variables:
@@ -90,14 +93,26 @@ def _final_graph(f):
             raise ArgumentError(f"export needs every input's shape and dtype declared; input "
                                 f"{name!r} has shape={shape}, dtype={dtype}", locs=(v.loc,),
                                 hint=f"Variable({name!r}, shape=(...), dtype='float64')")
-        if not all(isinstance(d, int) for d in shape):
-            raise ArgumentError(f"input {name!r} has a polymorphic size (shape {shape}): "
-                                "polymorphic sizes are not supported yet by export",
-                                locs=(v.loc,), hint="declare every size")
-        types.append((tuple(shape), dtype))
-    g = specialize(f._template, dict(zip(f.inputs, types)))
-    g, _ = run_passes(g, f.passes, verify=f.verify)
-    return g
+        types.append((tuple(shape), np.dtype(dtype)))
+    signature = dict(zip(f.inputs, types))
+    symbols = []
+    if all(isinstance(d, int) for shape, _ in types for d in shape):
+        g = specialize(f._template, signature)
+    else:
+        try:
+            g, input_shapes = specialize_generic(f._template, signature)
+        except NotGeneric as exc:
+            raise ArgumentError(f"this graph cannot be exported with open sizes: {exc}",
+                                hint="declare every size") from None
+        symbols = sorted({s for shape in input_shapes.values() for d in shape
+                          if isinstance(d, Sym) for s in d.symbols()})
+        g.graph["symbols"] = symbols
+    try:
+        g, _ = run_passes(g, f.passes, verify=f.verify)
+    except NotGeneric as exc:
+        raise ArgumentError(f"this graph cannot be exported with open sizes: {exc}",
+                            hint="declare every size") from None
+    return g, symbols
 
 
 def c_compiler():
@@ -115,20 +130,26 @@ def export(f, directory, name=None, cpu=None):
     name = name or f.name
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name):
         raise ArgumentError(f"export name {name!r} must be a C identifier")
-    g = _final_graph(f)
+    g, symbols = _final_graph(f)
     cpu_name, features, checks = _target(cpu)
     kernel = f"{name}__kernel"
-    module = lower_graph(g, kernel, _math_impl())
+    try:
+        module = lower_graph(g, kernel, _math_impl())
+        ir_text = str(module)
+    except NotGeneric as exc:
+        raise ArgumentError(f"this graph cannot be exported with open sizes: {exc}",
+                            hint="declare every size") from None
     try:
         tm = cpu_target.target_machine(cpu_name, features)
     except RuntimeError as exc:
         raise ArgumentError(f"LLVM does not know the CPU {cpu_name!r}: {exc}") from None
-    obj = compile_object(str(module), tm)
+    obj = compile_object(ir_text, tm)
 
     ins = [(n, g.nodes[k]["shape"], g.nodes[k]["dtype"]) for n, k in
            zip(f.inputs, _input_nodes(g))]
     keys = f.structure.keys if f.structure.kind == "dict" else None
     taken = {n for n, _, _ in ins} | {f"{n}_count" for n, _, _ in ins}
+    sizes = _size_params(symbols, taken)
     outs = []
     for j, k in enumerate(g.graph["outputs"]):
         label = _ident(keys[j], f"out{j}") if keys else f"out{j}"
@@ -136,10 +157,15 @@ def export(f, directory, name=None, cpu=None):
             label = f"out{j}_"
         taken |= {label, f"{label}_count"}
         outs.append((label, g.nodes[k]["shape"], g.nodes[k]["dtype"]))
-    workspace = int(g.graph.get("workspace_bytes", 0))
+    workspace = g.graph.get("workspace_bytes", 0)
+    # Sizes that must not come out negative for the given size values (an output or an
+    # intermediate smaller than a kernel, say): checked before anything runs.
+    derived = sorted({d for n in g.nodes if not isinstance(g.nodes[n]["dtype"], tuple)
+                      for d in g.nodes[n]["shape"] if isinstance(d, Sym) and not d.is_symbol()},
+                     key=repr)
 
     os.makedirs(directory, exist_ok=True)
-    header = _header(name, ins, outs, cpu_name)
+    header = _header(name, ins, outs, cpu_name, sizes)
     header_path = os.path.join(directory, f"{name}.h")
     lib_path = os.path.join(directory, f"lib{name}.so")
     cc = c_compiler()
@@ -147,7 +173,7 @@ def export(f, directory, name=None, cpu=None):
         with open(os.path.join(tmp, f"{name}.h"), "w") as fh:
             fh.write(header)
         with open(os.path.join(tmp, f"{name}_shim.c"), "w") as fh:
-            fh.write(_shim(name, kernel, ins, outs, workspace, checks))
+            fh.write(_shim(name, kernel, ins, outs, workspace, checks, sizes, derived))
         with open(os.path.join(tmp, f"{name}_kernel.o"), "wb") as fh:
             fh.write(obj)
         with open(os.path.join(tmp, "exports.map"), "w") as fh:
@@ -177,9 +203,21 @@ def _input_nodes(g):
     return [by_name[name] for name in g.graph["inputs"]]
 
 
-def _params(ins, outs):
+def _size_params(symbols, taken):
+    """{symbol: C parameter name} for the open sizes, in the kernel's symbol order."""
+    out = {}
+    for symbol in symbols:
+        label = "size_" + _ident(symbol, "axis")
+        while label in taken or label in out.values():
+            label += "_"
+        out[symbol] = label
+    return out
+
+
+def _params(ins, outs, sizes=None):
     params = [f"const {C_TYPES[np.dtype(d).name]} *{n}, int64_t {n}_count" for n, _, d in ins]
     params += [f"{C_TYPES[np.dtype(d).name]} *{n}, int64_t {n}_count" for n, _, d in outs]
+    params += [f"int64_t {label}" for label in (sizes or {}).values()]
     return params
 
 
@@ -190,8 +228,26 @@ def _count(shape):
     return total
 
 
-def _header(name, ins, outs, cpu_name):
+def _c_size(size, sizes):
+    """C expression for a size: a number, or a call evaluating a symbolic size (-1 when it
+    overflows int64) from the size parameters."""
+    if not isinstance(size, Sym):
+        return f"INT64_C({int(size)})"
+    terms = ", ".join(f"{{INT64_C({c}), {len(m)}, {{{', '.join(str(list(sizes).index(s)) for s in m) or '0'}}}}}"
+                      for m, c in sorted(size.terms.items()))
+    return f"poly((const struct term[]){{{terms}}}, {len(size.terms)}, dims)"
+
+
+def _describe(shape):
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _header(name, ins, outs, cpu_name, sizes=None):
     up = name.upper()
+    sizes = sizes or {}
+    size_note = (f" * After the counts come the open sizes ({', '.join(sizes.values())}): the\n"
+                 " * shapes below are written in them, and every count must match.\n" if sizes
+                 else " * This library has no open (polymorphic) sizes.\n")
     lines = [
         f"/* {name}.h: C interface of lib{name}.so, exported by symgraph.",
         " *",
@@ -204,58 +260,99 @@ def _header(name, ins, outs, cpu_name):
         f" * {up}_ERR_* codes ({name}_strerror explains it). Nothing is written to the",
         " * outputs before the arguments have been checked.",
         f" * Compiled for CPU {cpu_name}; on a CPU without its features every call returns",
-        f" * {up}_ERR_CPU. Future versions add, after the counts, one int64_t per",
-        " * polymorphic axis; this library has none.",
+        f" * {up}_ERR_CPU.",
+        size_note.rstrip("\n"),
         " *",
         " * Inputs:",
     ]
-    lines += [f" *   {n}: {np.dtype(d).name}{list(s)}" for n, s, d in ins]
-    lines += [" * Outputs:"] + [f" *   {n}: {np.dtype(d).name}{list(s)}" for n, s, d in outs]
+    rename = {s: label for s, label in sizes.items()}
+
+    def shown(shape):
+        return _describe(shape) if not rename else _describe(
+            [_rename(d, rename) for d in shape])
+
+    lines += [f" *   {n}: {np.dtype(d).name}{shown(s)}" for n, s, d in ins]
+    lines += [" * Outputs:"] + [f" *   {n}: {np.dtype(d).name}{shown(s)}" for n, s, d in outs]
     lines += [" */", f"#ifndef {up}_H", f"#define {up}_H", "", "#include <stdbool.h>",
               "#include <stdint.h>", "", "#ifdef __cplusplus", 'extern "C" {', "#endif", ""]
     lines += [f"#define {up}_{macro} {i}" for i, (macro, _) in enumerate(STATUS)]
     lines += ["", f"#define {up}_NUM_INPUTS {len(ins)}", f"#define {up}_NUM_OUTPUTS {len(outs)}"]
-    lines += [f"#define {up}_{n.upper()}_COUNT {_count(s)}" for n, s, _ in ins + outs]
-    params = _params(ins, outs)
+    lines += [f"#define {up}_{n.upper()}_COUNT {_count(s)}" for n, s, _ in ins + outs
+              if all(isinstance(d, int) for d in s)]
+    lines += [f"#define {up}_NUM_SIZES {len(sizes)}"]
+    params = _params(ins, outs, sizes)
+    size_args = "".join(f", int64_t {label}" for label in sizes.values())
     joined = ",\n    ".join(params) if params else "void"
     lines += ["", f"int {name}_run(\n    {joined});", ""]
     lines += [f"int {name}_run_workspace(\n    " + ",\n    ".join(params + [
         "void *workspace", "int64_t workspace_bytes"]) + ");", ""]
-    lines += ["/* Bytes of scratch memory one call needs. */",
-              f"int64_t {name}_workspace_bytes(void);", "",
+    lines += ["/* Bytes of scratch memory one call needs (-1: the sizes are invalid). */",
+              f"int64_t {name}_workspace_bytes({size_args[2:] or 'void'});", "",
               "/* Rank of an output, or -1 for an index out of range. */",
               f"int {name}_output_rank(int output_index);", "",
-              "/* Write an output's shape (output_rank entries) for the declared input shapes. */",
-              f"int {name}_output_shape(int output_index, int64_t *shape);", "",
+              "/* Write an output's shape (output_rank entries) for the given sizes. */",
+              f"int {name}_output_shape(int output_index, int64_t *shape{size_args});", "",
               "/* A static message for a status code. */",
               f"const char *{name}_strerror(int status);", "",
               "#ifdef __cplusplus", "}", "#endif", f"#endif /* {up}_H */", ""]
     return "\n".join(lines)
 
 
-def _shim(name, kernel, ins, outs, workspace, checks):
+def _rename(size, rename):
+    """A size written with C parameter names, for the header's comments."""
+    if not isinstance(size, Sym):
+        return size
+    return repr(size_substitute(size, {s: Sym.symbol(label) for s, label in rename.items()}))
+
+
+def _shim(name, kernel, ins, outs, workspace, checks, sizes=None, derived=()):
     up = name.upper()
-    params = _params(ins, outs)
+    sizes = sizes or {}
+    params = _params(ins, outs, sizes)
     args = [n for n, _, _ in ins] + [n for n, _, _ in outs]
-    counts = [f"    if ({n}_count != {_count(s)}) return {up}_ERR_COUNT;" for n, s, _ in ins + outs]
-    nulls = [f"    if ({n} == NULL && {_count(s)} != 0) return {up}_ERR_NULL;"
-             for n, s, _ in ins + outs]
+    size_names = list(sizes.values())
+    dims_decl = (f"    const int64_t dims[{len(sizes)}] = {{{', '.join(size_names)}}}; (void)dims;\n"
+                 if sizes else "    const int64_t *dims = NULL; (void)dims;\n")
+    size_checks = [f"    if ({label} < 0) return {up}_ERR_COUNT;" for label in size_names]
+    size_checks += [f"    if ({_c_size(d, sizes)} < 0) return {up}_ERR_COUNT;" for d in derived]
+    counts = [f"    if ({n}_count != {_c_size(_count(s), sizes)}) return {up}_ERR_COUNT;"
+              for n, s, _ in ins + outs]
+    nulls = [f"    if ({n} == NULL && {n}_count != 0) return {up}_ERR_NULL;" for n, s, _ in ins + outs]
     cpu_check = " &&\n        ".join(f'__builtin_cpu_supports("{c}")' for c in checks) or "1"
     shapes = []
-    for j, (_, s, _) in enumerate(outs):
-        dims = "".join(f" shape[{i}] = {d};" for i, d in enumerate(s))
+    for j, (_, shape, _) in enumerate(outs):
+        dims = "".join(f" shape[{i}] = {_c_size(d, sizes)};" for i, d in enumerate(shape))
         shapes.append(f"    case {j}:{dims} return {up}_OK;")
     ranks = [f"    case {j}: return {len(s)};" for j, (_, s, _) in enumerate(outs)]
     messages = [f'    case {i}: return "{msg}";' for i, (_, msg) in enumerate(STATUS)]
-    kernel_params = ", ".join(["const void *"] * len(ins) + ["void *"] * len(outs) + ["void *"])
-    call_args = ", ".join(args + ["workspace"])
+    kernel_params = ", ".join(["const void *"] * len(ins) + ["void *"] * len(outs) + ["void *"]
+                              + (["const int64_t *"] if sizes else []))
+    call_args = ", ".join(args + ["workspace"] + (["dims"] if sizes else []))
     plist = ",\n    ".join(params) if params else "void"
-    fwd = ", ".join(f"{a}, {a}_count" for a in args)
+    fwd = ", ".join([f"{a}, {a}_count" for a in args] + size_names)
+    size_plist = ", ".join(f"int64_t {label}" for label in size_names) or "void"
+    size_fwd = ", ".join(size_names)
+    workspace_c = _c_size(workspace, sizes)
     return f"""/* Generated by symgraph: the checked C ABI around the kernel in {name}_kernel.o. */
 #include <stddef.h>
 #include "{name}.h"
 
 int {kernel}({kernel_params});
+
+struct term {{ int64_t coef; int n; int sym[8]; }};
+
+/* A symbolic size: sum of coef * product of sizes; -1 when it overflows. */
+static __attribute__((unused)) int64_t poly(const struct term *terms, int n, const int64_t *dims)
+{{
+    int64_t total = 0;
+    for (int t = 0; t < n; t++) {{
+        int64_t value = terms[t].coef;
+        for (int k = 0; k < terms[t].n; k++)
+            if (__builtin_mul_overflow(value, dims[terms[t].sym[k]], &value)) return -1;
+        if (__builtin_add_overflow(total, value, &total)) return -1;
+    }}
+    return total;
+}}
 
 static int cpu_ok(void)
 {{
@@ -270,10 +367,17 @@ static int cpu_ok(void)
 static int check(
     {plist})
 {{
+{dims_decl}{chr(10).join(size_checks)}
 {chr(10).join(nulls)}
 {chr(10).join(counts)}
     if (!cpu_ok()) return {up}_ERR_CPU;
     return {up}_OK;
+}}
+
+int64_t {name}_workspace_bytes({size_plist})
+{{
+{dims_decl}{chr(10).join(c.replace(f"return {up}_ERR_COUNT", "return -1") for c in size_checks)}
+    return {workspace_c};
 }}
 
 int {name}_run_workspace(
@@ -281,8 +385,9 @@ int {name}_run_workspace(
 {{
     int status = check({fwd});
     if (status) return status;
-    if (workspace == NULL) return {workspace} ? {up}_ERR_NULL : {name}_run({fwd});
-    if (workspace_bytes < {workspace} || ((uintptr_t)workspace & 63u) != 0)
+{dims_decl}    int64_t needed = {name}_workspace_bytes({size_fwd});
+    if (workspace == NULL) return needed ? {up}_ERR_NULL : {name}_run({fwd});
+    if (workspace_bytes < needed || ((uintptr_t)workspace & 63u) != 0)
         return {up}_ERR_WORKSPACE;
     return {kernel}({call_args});
 }}
@@ -292,11 +397,9 @@ int {name}_run(
 {{
     int status = check({fwd});
     if (status) return status;
-    void *workspace = NULL;  /* the kernel allocates and frees its own */
+{dims_decl}    void *workspace = NULL;  /* the kernel allocates and frees its own */
     return {kernel}({call_args});
 }}
-
-int64_t {name}_workspace_bytes(void) {{ return {workspace}; }}
 
 int {name}_output_rank(int output_index)
 {{
@@ -306,9 +409,10 @@ int {name}_output_rank(int output_index)
     }}
 }}
 
-int {name}_output_shape(int output_index, int64_t *shape)
+int {name}_output_shape(int output_index, int64_t *shape{"".join(", int64_t " + n for n in size_names)})
 {{
     if (shape == NULL) return {up}_ERR_NULL;
+{dims_decl}{chr(10).join(size_checks)}
     switch (output_index) {{
 {chr(10).join(shapes)}
     default: return {up}_ERR_INDEX;
