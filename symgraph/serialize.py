@@ -25,9 +25,11 @@ from .errors import Loc, SerializationError, SymgraphError
 from .frontend import Constant, Expr, Variable, apply, find_variables, to_graph
 from .graph import topo_order
 from .ops import REGISTRY
+from .ops.control import Body
 
 FORMAT = "symgraph.graph"
-VERSION = 1
+VERSION = 2  # 2 added control-flow bodies; version 1 files read unchanged
+READABLE_VERSIONS = (1, 2)
 GRAPH_MEMBER = "graph.json"
 
 MAX_MEMBERS = 100_000
@@ -42,8 +44,8 @@ MAX_INT = 1 << 63
 MAX_STR = 4096
 MAX_DEPTH = 8
 
-# Control flow bodies are traced Python functions: not saved yet.
-UNSUPPORTED = frozenset({"cond", "while", "item", "scan"})
+UNSUPPORTED = frozenset()  # ops a file may not contain (none today)
+MAX_BODY_DEPTH = 4  # control flow nested in control flow, at most this deep
 
 
 def _fail(message, hint=None):
@@ -74,7 +76,37 @@ def _encode(value, arrays):
         return {"tuple": [_encode(v, arrays) for v in value]}
     if isinstance(value, list):
         return [_encode(v, arrays) for v in value]
+    if isinstance(value, Body):
+        g = to_graph(value.outputs, value.params, names=value.names)
+        nodes, renumber = _encode_nodes(g, arrays)
+        return {"body": {"names": list(value.names), "structure": value.structure,
+                         "loc": _encode_loc(value.loc), "nodes": nodes,
+                         "params": [renumber[n] for n in sorted(g.nodes)[:len(value.names)]],
+                         "outputs": [renumber[o] for o in g.graph["outputs"]]}}
+    if isinstance(value, Loc):
+        return {"loc": _encode_loc(value)}
     raise SerializationError(f"cannot save an attribute of type {type(value).__name__}")
+
+
+def _encode_loc(loc):
+    return None if loc is None else [str(loc.file), int(loc.line), str(loc.function)]
+
+
+def _encode_nodes(g, arrays):
+    """The node table of a graph (operands refer to earlier rows) and {node: row}."""
+    nodes, renumber = [], {}
+    for n in topo_order(g):
+        data = g.nodes[n]
+        if data["op"] in UNSUPPORTED:
+            _fail(f"graphs with {data['op']} cannot be saved")
+        renumber[n] = len(nodes)
+        loc = next((l for l in data["loc"] if l is not None), None)
+        nodes.append({
+            "key": renumber[n], "op": data["op"], "args": [renumber[a] for a in data["args"]],
+            "attrs": {k: _encode(v, arrays) for k, v in sorted(data["attrs"].items())},
+            "name": data["name"], "loc": _encode_loc(loc),
+        })
+    return nodes, renumber
 
 
 def _npy_bytes(array):
@@ -105,19 +137,8 @@ def dumps(f_or_exprs) -> bytes:
             isinstance(k, (str, int)) and not isinstance(k, bool) for k in structure.keys):
         _fail("only str and int dict output keys can be saved")
     g = to_graph(structure.exprs, variables)
-    arrays, nodes, renumber = [], [], {}
-    for n in topo_order(g):
-        data = g.nodes[n]
-        if data["op"] in UNSUPPORTED:
-            _fail(f"graphs with control flow ({data['op']}) cannot be saved yet")
-        renumber[n] = len(nodes)
-        loc = next((l for l in data["loc"] if l is not None), None)
-        nodes.append({
-            "key": renumber[n], "op": data["op"], "args": [renumber[a] for a in data["args"]],
-            "attrs": {k: _encode(v, arrays) for k, v in sorted(data["attrs"].items())},
-            "name": data["name"],
-            "loc": None if loc is None else [str(loc.file), int(loc.line), str(loc.function)],
-        })
+    arrays = []
+    nodes, renumber = _encode_nodes(g, arrays)
     doc = {
         "format": FORMAT, "version": VERSION, "symgraph_version": __version__,
         "inputs": list(g.graph["inputs"]),
@@ -241,8 +262,9 @@ def _check_shape(shape, what, allow_none=False):
         _fail(f"{what}: shape {shape!r} has {total} elements (at most {MAX_ELEMENTS})")
 
 
-def _decode(value, arrays, depth=0):
-    """Inverse of `_encode`, accepting only its tags."""
+def _decode(value, arrays, depth=0, bodies=0):
+    """Inverse of `_encode`, accepting only its tags. `bodies` counts the control-flow
+    bodies this value sits in."""
     if depth > MAX_DEPTH:
         _fail("attribute nested too deeply")
     if value is None or isinstance(value, bool):
@@ -256,7 +278,7 @@ def _decode(value, arrays, depth=0):
             _fail("string attribute too long")
         return value
     if isinstance(value, list):
-        return [_decode(v, arrays, depth + 1) for v in value]
+        return [_decode(v, arrays, depth + 1, bodies) for v in value]
     if isinstance(value, dict) and len(value) == 1:
         (tag, inner), = value.items()
         if tag == "float" and isinstance(inner, str) and len(inner) < 64:
@@ -275,8 +297,44 @@ def _decode(value, arrays, depth=0):
                 _fail(f"attribute refers to a missing array member {inner!r}")
             return arrays[inner]
         if tag == "tuple" and isinstance(inner, list):
-            return tuple(_decode(v, arrays, depth + 1) for v in inner)
+            return tuple(_decode(v, arrays, depth + 1, bodies) for v in inner)
+        if tag == "loc":
+            return _decode_loc(inner, "attribute")
+        if tag == "body" and isinstance(inner, dict):
+            return _decode_body(inner, arrays, bodies + 1)
     _fail(f"unrecognized attribute value {str(value)[:80]}")
+
+
+def _decode_loc(loc, where):
+    if loc is None:
+        return None
+    _require(isinstance(loc, list) and len(loc) == 3 and isinstance(loc[0], str)
+             and _is_int(loc[1]) and isinstance(loc[2], str)
+             and len(loc[0]) + len(loc[2]) <= MAX_STR, f"{where}: bad source location")
+    return Loc(loc[0], loc[1], loc[2])
+
+
+def _decode_body(doc, arrays, bodies):
+    """A control-flow body: its own node table, parameters first, rebuilt like the graph."""
+    _require(bodies <= MAX_BODY_DEPTH, "control flow nested too deeply")
+    _require(set(doc) == {"names", "structure", "loc", "nodes", "params", "outputs"},
+             "a control-flow body has missing or unknown fields")
+    names, params, outputs = doc["names"], doc["params"], doc["outputs"]
+    _require(doc["structure"] in ("single", "tuple", "list"), "bad body structure")
+    _require(isinstance(doc["nodes"], list), "a body's nodes are not a list")
+    exprs, variables = _build(doc["nodes"], arrays, bodies)
+    _require(isinstance(names, list) and isinstance(params, list) and len(names) == len(params)
+             and all(isinstance(n, str) and n.isidentifier() for n in names),
+             "a body's parameter names are malformed")
+    _require(all(_is_int(p) and 0 <= p < len(exprs) and exprs[p].op == "var"
+                 and exprs[p].attrs["name"] == n for p, n in zip(params, names)),
+             "a body's parameters are not its input nodes")
+    _require(sorted(names) == sorted(variables), "a body uses inputs it does not declare")
+    _require(isinstance(outputs, list) and outputs
+             and all(_is_int(o) and 0 <= o < len(exprs) for o in outputs),
+             "a body's outputs are empty or refer to missing nodes")
+    return Body([exprs[p] for p in params], [exprs[o] for o in outputs], list(names),
+                _decode_loc(doc["loc"], "body"), doc["structure"])
 
 
 def _is_int(v):
@@ -306,6 +364,14 @@ def _slice_items(v):
     return True
 
 
+def _bodies(v, count):
+    return isinstance(v, tuple) and len(v) == count and all(isinstance(b, Body) for b in v)
+
+
+def _count_attr(v, lo=0):
+    return _is_int(v) and lo <= v <= 4096
+
+
 def _axes(v):
     return v is None or (_is_int(v) and abs(v) <= MAX_RANK) or _int_tuple(v, -MAX_RANK, MAX_RANK)
 
@@ -332,6 +398,14 @@ SCHEMAS = {
     "broadcast_to": {"shape": lambda v: _int_tuple(v, 0)},
     **{r: {"axes": _axes, "keepdims": lambda v: isinstance(v, bool)}
        for r in ("sum", "mean", "max", "min")},
+    "cond": {"bodies": lambda v: _bodies(v, 2), "num_operands": lambda v: _count_attr(v)},
+    "while": {"bodies": lambda v: _bodies(v, 2), "num_carried": lambda v: _count_attr(v),
+              "max_iters": lambda v: v is None or (_is_int(v) and 0 <= v < MAX_INT),
+              "init_loc": lambda v: v is None or isinstance(v, Loc)},
+    "scan": {"bodies": lambda v: _bodies(v, 1), "num_carried": lambda v: _count_attr(v),
+             "num_xs": lambda v: _count_attr(v, 1),
+             "init_loc": lambda v: v is None or isinstance(v, Loc)},
+    "item": {"index": lambda v: _count_attr(v)},
 }
 
 
@@ -389,7 +463,7 @@ def _parse_document(members):
     if doc.get("format") != FORMAT:
         _fail(f"not a symgraph graph file (format {str(doc.get('format'))[:40]!r})")
     version = doc.get("version")
-    if type(version) is not int or version != VERSION:
+    if type(version) is not int or version not in READABLE_VERSIONS:
         _fail(f"unsupported file version {str(version)[:20]} (this symgraph reads version "
               f"{VERSION})", hint="save the graph again with this symgraph version")
     for key, kind in (("inputs", list), ("structure", dict), ("options", dict), ("nodes", list)):
@@ -398,9 +472,8 @@ def _parse_document(members):
     return doc
 
 
-def _build(doc, arrays):
+def _build(nodes, arrays, bodies=0):
     """Exprs rebuilt node by node through the frontend (which re-infers shapes)."""
-    nodes = doc["nodes"]
     _require(0 < len(nodes) <= MAX_NODES, f"graph has {len(nodes)} nodes (1 to {MAX_NODES})")
     exprs, variables = [], {}
     for i, node in enumerate(nodes):
@@ -423,17 +496,12 @@ def _build(doc, arrays):
                  f"got {len(args)}")
         raw = node.get("attrs")
         _require(isinstance(raw, dict), f"{where}: attrs is not an object")
-        attrs = {str(k): _decode(v, arrays) for k, v in raw.items()}
+        attrs = {str(k): _decode(v, arrays, bodies=bodies) for k, v in raw.items()}
         _check_attrs(op, attrs, where)
         name = node.get("name")
         _require(name is None or (isinstance(name, str) and len(name) <= MAX_STR),
                  f"{where}: bad name")
-        loc = node.get("loc")
-        if loc is not None:
-            _require(isinstance(loc, list) and len(loc) == 3 and isinstance(loc[0], str)
-                     and _is_int(loc[1]) and isinstance(loc[2], str)
-                     and len(loc[0]) + len(loc[2]) <= MAX_STR, f"{where}: bad source location")
-            loc = Loc(loc[0], loc[1], loc[2])
+        loc = _decode_loc(node.get("loc"), where)
         try:
             e = _make(op, [exprs[a] for a in args], attrs, where)
         except SerializationError:
@@ -442,8 +510,10 @@ def _build(doc, arrays):
             _fail(f"{where}: {exc.message}")
         except Exception as exc:  # a rule met attributes it does not expect
             _fail(f"{where}: invalid node ({type(exc).__name__}: {str(exc)[:200]})")
-        if e.shape is not None:
-            _check_shape(tuple(e.shape), where)
+        if e.shape is not None:  # a control node has a tuple of shapes, one per result
+            for shape in (e.shape if REGISTRY[op].kind == "control" else (e.shape,)):
+                if shape is not None:
+                    _check_shape(tuple(shape), where)
         e.loc, e.name = loc, name
         if op == "var":
             _require(attrs["name"] not in variables, f"{where}: input {attrs['name']!r} twice")
@@ -491,7 +561,7 @@ def _load(source):
               if name.startswith("arrays/") and name.endswith(".npy")}
     extra = set(members) - set(arrays) - {GRAPH_MEMBER}
     _require(not extra, f"unexpected archive members {sorted(extra)[:5]}")
-    exprs, variables = _build(doc, arrays)
+    exprs, variables = _build(doc["nodes"], arrays)
 
     inputs = doc["inputs"]
     _require(all(isinstance(n, str) for n in inputs) and sorted(inputs) == sorted(variables),

@@ -133,6 +133,29 @@ def test_pickle_round_trip():
     assert g.name == "pickled" and all(same(f(v)[k], g(v)[k]) for k in ("y", "z"))
 
 
+def test_round_trip_control_flow(tmp_path):
+    x = sg.Variable("x", (3,), "float64")
+    w = sg.Variable("w", (3, 3), "float64")
+    y = sg.cond(sg.sum(x) > 0, lambda a: a * 2, lambda a: -a, x)
+    z = sg.while_loop(lambda i, v: i < 4, lambda i, v: (i + 1, sg.tanh(v @ w) + x), (0, x),
+                      max_iters=10)[1]
+    c, ys = sg.scan(lambda c, r: (c + r, c * r), x * 0, sg.reshape(sg.concatenate([x, x]), (2, 3)))
+    nested = sg.fori_loop(0, 3, lambda i, a: sg.cond(sg.sum(a) > 1.0, lambda q: q * 0.5,
+                                                     lambda q: q + 1.0, a), x)
+    f = sg.compile({"y": y, "z": z, "c": c, "ys": ys, "nested": nested})
+    data, weights = np.array([1.0, -2.0, 0.5]), np.eye(3) * 0.5
+    g = check_round_trip(f, data, weights, tmp_path=tmp_path)
+    for sign in (1, -1):  # both branches of the loaded cond
+        want, got = f(sign * data, weights), g(sign * data, weights)
+        assert all(same(want[k], got[k]) for k in want)
+    # The loaded graph still differentiates through its loops.
+    loss = sg.sum(g.structure.exprs[1])
+    (dx,) = sg.grad(loss, [g.variables[0]])
+    fdx = sg.compile(dx)
+    values = {"x": data, "w": weights}
+    assert fdx(**{name: values[name] for name in fdx.inputs}).shape == (3,)
+
+
 def test_save_needs_a_serializable_graph(tmp_path):
     with pytest.raises(SerializationError):
         serialize._encode(object(), [])
@@ -193,7 +216,7 @@ def _mutations():
         return next(n for n in d["nodes"] if n["op"] == op)
 
     # formats and versions
-    for v in [0, 2, 99, -1, "1", None, 1.0, [1], True]:
+    for v in [0, 3, 99, -1, "1", None, 1.0, [1], True]:
         doc_case(f"version {v!r}", lambda d, v=v: d.__setitem__("version", v))
     for fmt in ["", "symgraph", "pickle", None, 7]:
         doc_case(f"format {fmt!r}", lambda d, f=fmt: d.__setitem__("format", f))
@@ -339,7 +362,70 @@ def _patch_sizes(data):
     return bytes(buf)
 
 
-HOSTILE = _mutations()
+def _control_valid():
+    x = sg.Variable("x", (3,), "float64")
+    w = sg.Variable("w", (3, 3), "float64")
+    y = sg.while_loop(lambda i, v: i < 4, lambda i, v: (i + 1, sg.tanh(v @ w) + x), (0, x),
+                      max_iters=10)[1]
+    return serialize.dumps(sg.compile(sg.cond(sg.sum(y) > 0, lambda a: a * 2, lambda a: -a, y)))
+
+
+def _body_mutations():
+    """Malformed control-flow bodies: each must be rejected like any other bad node."""
+    doc, members = _unpack(_control_valid())
+    out = []
+
+    def body_of(d, op="while", k=1):
+        node = next(n for n in d["nodes"] if n["op"] == op)
+        return node["attrs"]["bodies"]["tuple"][k]["body"]
+
+    def case(label, change):
+        d = json.loads(json.dumps(doc))
+        change(d)
+        out.append((f"body: {label}", _pack(d, members)))
+
+    case("missing field", lambda d: body_of(d).pop("params"))
+    case("unknown field", lambda d: body_of(d).__setitem__("extra", 1))
+    case("param is not an input", lambda d: body_of(d).__setitem__(
+        "params", [len(body_of(d)["nodes"]) - 1] * len(body_of(d)["names"])))
+    case("param out of range", lambda d: body_of(d)["params"].__setitem__(0, 10 ** 6))
+    case("names and params differ", lambda d: body_of(d)["names"].append("extra"))
+    case("bad name", lambda d: body_of(d)["names"].__setitem__(0, "not a name"))
+    case("no outputs", lambda d: body_of(d).__setitem__("outputs", []))
+    case("output out of range", lambda d: body_of(d)["outputs"].__setitem__(0, -1))
+    case("forward reference", lambda d: body_of(d)["nodes"][-1].__setitem__("args", [10 ** 5]))
+    case("unknown op", lambda d: body_of(d)["nodes"][-1].__setitem__("op", "os.system"))
+    case("bad structure", lambda d: body_of(d).__setitem__("structure", "generator"))
+    case("nodes not a list", lambda d: body_of(d).__setitem__("nodes", {"0": 1}))
+    case("empty nodes", lambda d: body_of(d).__setitem__("nodes", []))
+    case("bad loc", lambda d: body_of(d).__setitem__("loc", ["f", "line", "g"]))
+    case("wrong body count", lambda d: next(n for n in d["nodes"] if n["op"] == "while")[
+        "attrs"]["bodies"]["tuple"].pop())
+    case("body where an int goes", lambda d: next(n for n in d["nodes"] if n["op"] == "while")[
+        "attrs"].__setitem__("num_carried", {"body": body_of(d)}))
+    case("huge num_carried", lambda d: next(n for n in d["nodes"] if n["op"] == "while")[
+        "attrs"].__setitem__("num_carried", 10 ** 9))
+    case("wrong result count", lambda d: body_of(d)["outputs"].pop())
+
+    def nest(d):
+        # a body whose nodes hold a cond whose body holds a cond ... past the depth limit
+        inner = body_of(d, "cond", 0)
+        for _ in range(serialize.MAX_BODY_DEPTH + 1):
+            wrapper = json.loads(json.dumps(body_of(d, "cond", 0)))
+            wrapper["nodes"].append({"key": len(wrapper["nodes"]), "op": "cond", "args": [0, 0],
+                                     "attrs": {"bodies": {"tuple": [{"body": inner},
+                                                                    {"body": inner}]},
+                                               "num_operands": 1},
+                                     "name": None, "loc": None})
+            inner = wrapper
+        next(n for n in d["nodes"] if n["op"] == "cond")["attrs"]["bodies"]["tuple"][0] = {
+            "body": inner}
+
+    case("nested too deeply", nest)
+    return out
+
+
+HOSTILE = _mutations() + _body_mutations()
 
 
 def test_corpus_is_large():

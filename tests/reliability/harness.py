@@ -324,7 +324,7 @@ class Generator:
 
 
 def make_batch(seed, n_graphs=40, max_steps=5, control=True):
-    """Batch `seed` (reproducible); control=False leaves out control flow (not saveable)."""
+    """Batch `seed` (reproducible); control=False leaves out control flow."""
     return Generator(np.random.default_rng(seed), control).batch(seed, n_graphs, max_steps)
 
 
@@ -514,7 +514,7 @@ def check_many(seeds, n_graphs=40, **options):
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
             opts = dict(options)
-            batch = make_batch(seed, n_graphs, control=not opts.get("round_trip"))
+            batch = make_batch(seed, n_graphs)
             if opts.pop("export", False):
                 opts["export_dir"] = tmp
             total.add(check_batch(batch, **opts))
