@@ -220,6 +220,19 @@ def substitute(size, mapping: dict):
     return total
 
 
+def to_json(size):
+    """A size as JSON: an int, or {"sym": [[[symbols...], coefficient], ...]}."""
+    if isinstance(size, Sym):
+        return {"sym": [[list(m), c] for m, c in sorted(size.terms.items())]}
+    return int(size)
+
+
+def from_json(value):
+    if isinstance(value, dict):
+        return Sym.make({tuple(m): c for m, c in value["sym"]})
+    return int(value)
+
+
 def is_symbolic(shape) -> bool:
     return any(isinstance(d, Sym) for d in shape)
 

@@ -144,3 +144,25 @@ def test_fresh_process_hits_and_concurrent_writers(cache_dir):
     assert done.returncode == 0, done.stderr
     hits, result = done.stdout.split()
     assert hits == "1" and result in results
+
+
+GENERIC_SCRIPT = textwrap.dedent("""
+    import numpy as np, symgraph as sg
+    x = sg.Variable("x", ("batch", 16), "float64")
+    f = sg.compile(sg.tanh(x @ np.full((16, 4), 0.1)).sum(axis=1))
+    outs = [f(np.ones((n, 16))).tobytes().hex() for n in (1, 7, 300)]
+    info = f.cache_info()
+    print(info.hits, info.misses, info.compilations, " ".join(outs))
+""")
+
+
+def test_shape_generic_code_is_cached_and_a_disk_load_is_a_hit(cache_dir):
+    env = dict(os.environ, SYMGRAPH_CACHE_DIR=str(cache_dir))
+    runs = [subprocess.run([sys.executable, "-c", GENERIC_SCRIPT], env=env, capture_output=True,
+                           text=True, timeout=120) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
+    first, second = (r.stdout.split() for r in runs)
+    assert first[:3] == ["3", "1", "1"]  # generated once, then three calls served
+    assert second[:3] == ["4", "0", "0"]  # loaded from disk (a hit), no compilation
+    assert first[3:] == second[3:]
+    assert len(entries(cache_dir)) == 1

@@ -16,6 +16,12 @@ from helpers import assert_same
 SIZES = (1, 7, 1000, 0, 2, 33)
 
 
+@pytest.fixture(autouse=True)
+def no_disk_cache(monkeypatch):
+    """Exact compilation counts: nothing comes from the disk cache (tested in test_cache)."""
+    monkeypatch.setenv("SYMGRAPH_CACHE", "0")
+
+
 def _mlp(batch_axis=None):
     rng = np.random.default_rng(0)
     x = sg.Variable("x", (batch_axis, 64), "float32")

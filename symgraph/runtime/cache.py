@@ -29,6 +29,7 @@ import numpy as np
 
 from ..codegen import cpu
 from ..errors import CompileError
+from ..shapes import Sym
 
 MAGIC = b"SGOBJ\x00\x01\n"
 _HEADER = len(MAGIC) + 32
@@ -103,6 +104,8 @@ def _canon(value, arrays):
         return ("Y", value.__name__)
     if isinstance(value, np.generic):
         return ("G", value.dtype.str, value.tobytes())
+    if isinstance(value, Sym):
+        return ("S", tuple(sorted(value.terms.items())))
     raise _Uncacheable(type(value).__name__)  # e.g. traced bodies: no stable form
 
 

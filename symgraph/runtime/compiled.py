@@ -40,6 +40,8 @@ from ..graph import to_text
 from ..infer import check_input, specialize, specialize_generic
 from ..shapes import NotGeneric, Sym, Unify
 from ..shapes import evaluate as evaluate_size
+from ..shapes import from_json as size_from_json
+from ..shapes import to_json as size_to_json
 from ..ops.control import ERR_MAX_ITERS
 from ..ops.indexing import ERR_INDEX_OUT_OF_RANGE
 from ..ops.elementwise import ERR_NEGATIVE_INT_POWER
@@ -237,17 +239,40 @@ class GenericExecutable:
 
     MAX_BOUND = 4096  # distinct shapes whose bindings are kept for the fast path
 
-    def __init__(self, exe, input_shapes, symbols):
+    def __init__(self, exe, input_shapes, symbols, layout):
         self.exe = exe
         self.input_shapes = input_shapes
         self.symbols = symbols
-        g = exe.graph
-        self.out_types = [(g.nodes[o]["shape"], g.nodes[o]["dtype"]) for o in g.graph["outputs"]]
-        self.workspace = g.graph.get("workspace_bytes", 0)
-        # Sizes the rules derived (h - 2 for an unpadded 3x3 convolution, say) that some
-        # input sizes would make negative: such calls get concrete code, and its error.
-        self.derived = {d for n in g.nodes if not isinstance(g.nodes[n]["dtype"], tuple)
-                        for d in g.nodes[n]["shape"] if isinstance(d, Sym) and not d.is_symbol()}
+        self.out_types = layout["out_types"]
+        self.workspace = layout["workspace"]
+        self.derived = layout["derived"]
+
+    @staticmethod
+    def layout(g):
+        """What a call needs besides the code: output types and workspace size (in the size
+        symbols), and the sizes the rules derived (h - 2 for an unpadded 3x3 convolution,
+        say) that some inputs would make negative: such calls get concrete code, and its
+        error."""
+        return {"out_types": [(g.nodes[o]["shape"], g.nodes[o]["dtype"])
+                              for o in g.graph["outputs"]],
+                "workspace": g.graph.get("workspace_bytes", 0),
+                "derived": {d for n in g.nodes if not isinstance(g.nodes[n]["dtype"], tuple)
+                            for d in g.nodes[n]["shape"]
+                            if isinstance(d, Sym) and not d.is_symbol()}}
+
+    @staticmethod
+    def layout_to_json(layout):
+        return {"out_types": [[[size_to_json(d) for d in shape], dtype.str]
+                              for shape, dtype in layout["out_types"]],
+                "workspace": size_to_json(layout["workspace"]),
+                "derived": [size_to_json(d) for d in layout["derived"]]}
+
+    @staticmethod
+    def layout_from_json(meta):
+        return {"out_types": [(tuple(size_from_json(d) for d in shape), np.dtype(dtype))
+                              for shape, dtype in meta["out_types"]],
+                "workspace": size_from_json(meta["workspace"]),
+                "derived": {size_from_json(d) for d in meta["derived"]}}
 
     def bind(self, arrays):
         """{symbol: size} for these arrays, or None when they break a constraint (an axis
@@ -466,7 +491,7 @@ class CompiledFunction:
         self._debug = None
         self._latest = None
         self._lock = threading.Lock()
-        self._misses = self._compilations = 0
+        self._misses = self._compilations = self._disk_hits = 0
         # Shape-generic code per input dtypes, when every input declares its rank and some
         # axis is open (None or named): one compilation serves every size of those axes.
         self._generics = {}
@@ -539,11 +564,11 @@ class CompiledFunction:
         return self.structure.pack(values[:n]), dict(zip(names, values[n:]))
 
     def cache_info(self):
-        """Calls served by existing code (hits), calls that needed new code (misses), and
-        compilations done."""
+        """Calls served by existing code (hits; code loaded from the disk cache counts as
+        one), calls that needed new code (misses), and compilations done."""
         unique = {id(exe): exe for exe in list(self._specializations.values())}
         hits = sum(exe.hits for exe in unique.values())
-        return CacheInfo(hits, self._misses, self._compilations)
+        return CacheInfo(hits + self._disk_hits, self._misses, self._compilations)
 
     def _require_latest(self):
         if self._latest is None:
@@ -721,8 +746,7 @@ def fast({params}{', ' if params else ''}*, out=None):
                 try:
                     with _gc_paused():
                         found = self._build_generic(dtypes)
-                    self._misses += 1
-                    self._compilations += 1
+                    self._count_build(found.exe)
                     self._latest = found.exe
                 except NotGeneric as exc:
                     found = exc
@@ -754,6 +778,21 @@ def fast({params}{', ' if params else ''}*, out=None):
         if not symbols:
             raise NotGeneric("every axis has a fixed size")
         g.graph["symbols"] = symbols
+        shapes = [input_shapes[name] for name in self.inputs]
+        n_args = len(self.inputs) + len(g.graph["outputs"]) + 2
+        signature = ctypes.CFUNCTYPE(ctypes.c_int32, *([ctypes.py_object] * n_args))
+        options = (self.opt_level, self.disable, tuple(self.passes), self.num_threads)
+        key = None if self.check_finite or DUMP_DIR else persistent_cache.key_for(
+            g, self.name, options)
+        if key is not None:
+            found = persistent_cache.lookup(key, self.name)
+            if found is not None and "generic" in found[1]:
+                library, meta = found
+                layout = GenericExecutable.layout_from_json(meta["generic"])
+                cfunc = signature(library.address(f"{self.name}.py"))
+                exe = _CachedExecutable(lambda: self._optimize(g), library, cfunc,
+                                        layout["out_types"], layout["workspace"])
+                return GenericExecutable(exe, shapes, symbols, layout)
         try:
             g, log, stages = self._optimize(g)
             check_sites = []
@@ -761,16 +800,27 @@ def fast({params}{', ' if params else ''}*, out=None):
                                  check_finite=self.check_finite, check_sites=check_sites,
                                  vector_bytes=host_vector_bytes())
             wrapper = _add_python_entry(module, self.name)
-            library = CodeLibrary(module, self.name)
+            layout = GenericExecutable.layout(g)
+            if key is not None:
+                meta = {"generic": GenericExecutable.layout_to_json(layout)}
+                library = persistent_cache.build(key, str(module), self.name, meta)
+            else:
+                library = CodeLibrary(module, self.name)
         except Unify as exc:
             raise NotGeneric(f"sizes {exc} are compared after specialization") from None
-        n_args = len(self.inputs) + len(g.graph["outputs"]) + 2
-        signature = ctypes.CFUNCTYPE(ctypes.c_int32, *([ctypes.py_object] * n_args))
         cfunc = signature(library.address(wrapper))
-        out_types = [(g.nodes[o]["shape"], g.nodes[o]["dtype"]) for o in g.graph["outputs"]]
-        exe = Executable(g, log, library, cfunc, out_types, stages)
+        exe = Executable(g, log, library, cfunc, layout["out_types"], stages)
         exe.check_sites = check_sites
-        return GenericExecutable(exe, [input_shapes[name] for name in self.inputs], symbols)
+        return GenericExecutable(exe, shapes, symbols, layout)
+
+    def _count_build(self, exe):
+        """Code loaded from the disk cache is a hit; code generated is a miss and a
+        compilation."""
+        if isinstance(exe, _CachedExecutable):
+            self._disk_hits += 1
+        else:
+            self._misses += 1
+            self._compilations += 1
 
     # --- specialization --------------------------------------------------------------------
     def _specialize(self, types, key):
@@ -781,10 +831,9 @@ def fast({params}{', ' if params else ''}*, out=None):
             if exe is not None:
                 exe.hits += 1
                 return exe
-            self._misses += 1
             with _gc_paused():
                 exe = self._build(types)
-            self._compilations += 1
+            self._count_build(exe)
             self._specializations[key] = exe
             self._latest = exe
             return exe
