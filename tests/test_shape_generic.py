@@ -255,3 +255,32 @@ def test_sym_arithmetic_and_questions():
         with pytest.raises(Unify):
             n == 5  # noqa: B015
         assert not n == 1
+
+
+def test_control_flow_over_open_sizes_compiles_once():
+    """cond, while_loop and scan with an open batch (and an open time axis for scan)."""
+    rng = np.random.default_rng(9)
+    x = sg.Variable("x", (None, 4), "float64")
+    w = sg.Variable("w", (4, 4), "float64")
+    seq = sg.Variable("seq", (None, "batch", 4), "float64")
+    h0 = sg.Variable("h0", ("batch", 4), "float64")
+    branch = sg.cond(sg.sum(x) > 0, lambda a: a * 2, lambda a: sg.tanh(a), x)
+    looped = sg.while_loop(lambda i, v: i < 3, lambda i, v: (i + 1, sg.tanh(v @ w) + x),
+                           (0, x), max_iters=10)[1]
+    last, per_step = sg.scan(lambda h, xt: (sg.tanh(h @ w + xt), sg.sum(h, axis=1)), h0, seq)
+    f = sg.compile([branch, looped], num_threads=2)
+    g = sg.compile([last, per_step])
+    assert f.shape_generic and g.shape_generic
+    weights = rng.standard_normal((4, 4)) * 0.3
+    for n in (1, 5, 300, 0):
+        data = rng.standard_normal((n, 4))
+        for sign in (1, -1):  # both branches
+            for got, want in zip(f(sign * data, weights),
+                                 sg.evaluate([branch, looped], x=sign * data, w=weights)):
+                assert_same(got, want, rtol=1e-12, atol=1e-12)
+    for steps, batch in ((3, 2), (1, 7), (10, 1), (0, 3)):
+        inputs = {"seq": rng.standard_normal((steps, batch, 4)),
+                  "h0": rng.standard_normal((batch, 4)), "w": weights}
+        for got, want in zip(g(**inputs), sg.evaluate([last, per_step], **inputs)):
+            assert_same(got, want, rtol=1e-12, atol=1e-12)
+    assert f.cache_info().compilations == 1 and g.cache_info().compilations == 1

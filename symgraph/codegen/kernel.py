@@ -201,11 +201,8 @@ class GraphLowering:
             base = self.buffer(b, control)
         else:
             offset, base = d["offset"], self.workspace
-        pointer = b.gep(base, [size_value(b, offset)], source_etype=I8, inbounds=True)
-        if self.symbols:  # symbolic plans reserve ALIGN spare bytes per region: round up
-            address = b.add(b.ptrtoint(pointer, I64), ir.Constant(I64, 63))
-            pointer = b.inttoptr(b.and_(address, ir.Constant(I64, -64)), PTR)
-        return pointer
+        return self._aligned_if_symbolic(
+            b, b.gep(base, [size_value(b, offset)], source_etype=I8, inbounds=True))
 
     def _dims_arg(self, fn):
         """The size-symbol array a kernel call passes on (nothing for static shapes)."""
@@ -227,6 +224,7 @@ class GraphLowering:
                                  module=self.module, num_threads=self.num_threads,
                                  check_finite=self.check_finite, check_sites=self.check_sites,
                                  outline_math=self.outline_math, vector_bytes=self.vector_bytes)
+        lowering.symbols = self.symbols  # a body's sizes are written in the graph's symbols
         lowering.lower()
         fn = self.module.get_global(lowering.name)
         fn.linkage = "internal"
@@ -234,25 +232,31 @@ class GraphLowering:
 
     def _region(self, b, root, offsets):
         base = self.buffer(b, root)
-        return [b.gep(base, [ir.Constant(I64, o)], source_etype=I8, inbounds=True) for o in offsets]
+        return [self._aligned_if_symbolic(
+            b, b.gep(base, [size_value(b, o)], source_etype=I8, inbounds=True)) for o in offsets]
+
+    def _aligned_if_symbolic(self, b, pointer):
+        """With symbolic sizes every region reserves ALIGN spare bytes: round its start up."""
+        if not self.symbols:
+            return pointer
+        address = b.add(b.ptrtoint(pointer, I64), ir.Constant(I64, 63))
+        return b.inttoptr(b.and_(address, ir.Constant(I64, -64)), PTR)
 
     def _call_body(self, b, fn, args, status, fail_bb):
-        code = b.call(fn, args)
+        code = b.call(fn, args + self._dims_arg(b.function))
         b.store(code, status)
         ok_bb = b.append_basic_block("body.ok")
         b.cbranch(b.icmp_unsigned("!=", code, ir.Constant(I32, 0)), fail_bb, ok_bb)
         b.position_at_end(ok_bb)
 
     def _memcpy(self, b, dst, src, nbytes):
-        if nbytes:
+        if nbytes != 0:
             fn = self.module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
-            b.call(fn, [dst, src, ir.Constant(I64, nbytes), ir.Constant(ir.IntType(1), 0)])
+            b.call(fn, [dst, src, size_value(b, nbytes), ir.Constant(ir.IntType(1), 0)])
 
     def _lower_control(self, b, root, status):
         """Run a cond's taken branch, or a while loop, by calling its bodies' functions."""
         g = self.g
-        if self.symbols:
-            raise NotGeneric(f"{g.nodes[root]['op']} needs concrete sizes")
         d = g.nodes[root]
         layout = control_layout(g, root)
         outs = self._region(b, root, layout["outputs"])
@@ -344,8 +348,8 @@ class GraphLowering:
             f = b.load(flip, typ=ir.IntType(1))
             current = [b.select(f, s1, s0) for s0, s1 in zip(state0, state1)]
             following = [b.select(f, s0, s1) for s0, s1 in zip(state0, state1)]
-            rows = [b.gep(x, [b.mul(i, ir.Constant(I64, r))], source_etype=I8) for x, r in zip(xs, x_rows)]
-            ys = [b.gep(y, [b.mul(i, ir.Constant(I64, r))], source_etype=I8)
+            rows = [b.gep(x, [b.mul(i, size_value(b, r))], source_etype=I8) for x, r in zip(xs, x_rows)]
+            ys = [b.gep(y, [b.mul(i, size_value(b, r))], source_etype=I8)
                   for y, r in zip(outs[n_c:], y_rows)]
             self._call_body(b, body_fn, current + rows + captured + following + ys + [ws], status,
                             fail_bb)

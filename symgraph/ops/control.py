@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import dtypes as dt
 from ..errors import ExecutionError, ShapeError, SymgraphError
+from ..shapes import Sym
 from .registry import Op, Typing, register
 
 ERR_MAX_ITERS = 3
@@ -205,6 +206,8 @@ register(Op("item", "item", _item_infer, lambda t, index: t[index], arity=1,
 
 
 def _aligned(size, align=64):
+    if isinstance(size, Sym):  # a symbolic size: reserve `align` spare bytes, and code
+        return size + align    # rounds the region's start up at run time
     return (max(int(size), 1) + align - 1) // align * align
 
 
@@ -233,6 +236,10 @@ def control_layout(g, n) -> dict:
         carried = sizes[: d["attrs"]["num_carried"]]
         layout["state"] = (take(carried), take(carried))
     layout["workspace"] = offset
-    offset += max((b.graph.get("workspace_bytes", 0) for b in d["attrs"]["bodies"]), default=0)
+    spaces = [b.graph.get("workspace_bytes", 0) for b in d["attrs"]["bodies"]]
+    if any(isinstance(space, Sym) for space in spaces):
+        offset += sum(spaces, 0)  # symbolic sizes have no max: room for every body's
+    else:
+        offset += max(spaces, default=0)
     layout["total"] = _aligned(offset)
     return layout
