@@ -13,7 +13,7 @@ import numpy as np
 from llvmlite import ir
 
 from ..ops import get_op
-from .emit import I64, memory_type
+from .emit import I32, I64, PTR, memory_type
 from .gemm import dense_loader, gemm_function
 from .loops import emit_loop, emit_nest
 
@@ -59,15 +59,27 @@ class Im2colLoader:
 
     def setup(self, em, nr):
         self.table = em.b.alloca(I64, size=_c(2 * nr), name="im2col_origins")
+        self.lanes = em.b.alloca(I32, size=_c(2 * nr), name="im2col_lanes")
 
     def pack_sliver(self, em, base, dst, k0, kc, j0, n, nr):
         b = em.b
-        table = self.table
+        table, lanes = self.table, self.lanes
         mem = memory_type(self.dtype)
         far = _c(-(1 << 40))  # columns past n read nothing: every tap stays out of bounds
 
         def slot(i):
             return b.gep(table, [i], source_etype=I64, inbounds=True)
+
+        def lane(i):
+            return b.gep(lanes, [i], source_etype=I32, inbounds=True)
+
+        # Column origins; and whether the sliver's columns sit at consecutive input
+        # addresses (true across output rows for stride-1 "same" convolutions), which makes
+        # every tap row one masked vector load.
+        y_first, x_first = self._origin(b, j0)
+        first = b.add(b.mul(y_first, _c(self.w)), x_first)
+        contiguous = b.alloca(ir.IntType(1), name="contiguous")
+        b.store(ir.Constant(ir.IntType(1), 1), contiguous)
 
         def column(r):
             j = b.add(j0, r)
@@ -75,22 +87,69 @@ class Im2colLoader:
             y0, x0 = self._origin(b, b.select(valid, j, _c(0)))
             b.store(b.select(valid, y0, far), slot(r))
             b.store(x0, slot(b.add(r, _c(nr))))
+            b.store(b.trunc(b.select(valid, y0, _c(-(1 << 30))), I32), lane(r))
+            b.store(b.trunc(x0, I32), lane(b.add(r, _c(nr))))
+            follows = b.icmp_signed("==", b.add(b.mul(y0, _c(self.w)), x0), b.add(first, r))
+            ok = b.or_(b.not_(valid), follows)
+            b.store(b.and_(b.load(contiguous, typ=ir.IntType(1)), ok), contiguous)
 
         emit_loop(b, nr, column, "col")
+        vector_ok = self.x_dtype == self.dtype and self.h * self.w < (1 << 30)
 
-        def row(o):
-            chan, dy, dx = self._tap(b, b.add(k0, o))
+        def scalar_rows():
+            def row(o):
+                chan, dy, dx = self._tap(b, b.add(k0, o))
 
-            def cell(r):
-                iy = b.add(b.load(slot(r), typ=I64), dy)
-                ix = b.add(b.load(slot(b.add(r, _c(nr))), typ=I64), dx)
-                v = self._read(em, base, chan, iy, ix)
-                dst_at = b.gep(dst, [b.add(b.mul(o, _c(nr)), r)], source_etype=mem, inbounds=True)
-                b.store(v, dst_at)
+                def cell(r):
+                    iy = b.add(b.load(slot(r), typ=I64), dy)
+                    ix = b.add(b.load(slot(b.add(r, _c(nr))), typ=I64), dx)
+                    v = self._read(em, base, chan, iy, ix)
+                    dst_at = b.gep(dst, [b.add(b.mul(o, _c(nr)), r)], source_etype=mem,
+                                   inbounds=True)
+                    b.store(v, dst_at)
 
-            emit_loop(b, nr, cell, "cell")
+                emit_loop(b, nr, cell, "cell")
 
-        emit_loop(b, kc, row, "row")
+            emit_loop(b, kc, row, "row")
+
+        if not vector_ok:
+            scalar_rows()
+            return
+        ty = memory_type(self.dtype)
+        vty, ity = ir.VectorType(ty, nr), ir.VectorType(I32, nr)
+        mty = ir.VectorType(ir.IntType(1), nr)
+        suffix = f"v{nr}f{8 * self.dtype.itemsize}"
+        masked_load = b.module.globals.get(f"llvm.masked.load.{suffix}.p0") or ir.Function(
+            b.module, ir.FunctionType(vty, [PTR, I32, mty, vty]), f"llvm.masked.load.{suffix}.p0")
+        ys = b.load(lanes, typ=ity, align=4)
+        xs = b.load(b.gep(lanes, [_c(nr)], source_etype=I32), typ=ity, align=4)
+
+        def splat(value):
+            return ir.Constant(ity, [value] * nr) if isinstance(value, int) else b.shuffle_vector(
+                b.insert_element(ir.Constant(ity, ir.Undefined), value, ir.Constant(I32, 0)),
+                ir.Constant(ity, ir.Undefined), ir.Constant(ity, [0] * nr))
+
+        def vector_rows():
+            def row(o):
+                chan, dy, dx = self._tap(b, b.add(k0, o))
+                iy = b.add(ys, splat(b.trunc(dy, I32)))
+                ix = b.add(xs, splat(b.trunc(dx, I32)))
+                inside = b.and_(b.icmp_unsigned("<", iy, splat(self.h)),
+                                b.icmp_unsigned("<", ix, splat(self.w)))
+                start = b.add(chan, b.add(first, b.add(b.mul(dy, _c(self.w)), dx)))
+                src = b.gep(base, [start], source_etype=ty)  # lanes outside are never read
+                values = b.call(masked_load, [src, ir.Constant(I32, self.dtype.itemsize),
+                                              inside, ir.Constant(vty, [0.0] * nr)])
+                b.store(values, b.gep(dst, [b.mul(o, _c(nr))], source_etype=ty, inbounds=True),
+                        align=self.dtype.itemsize)
+
+            emit_loop(b, kc, row, "vrow")
+
+        with b.if_else(b.load(contiguous, typ=ir.IntType(1))) as (fast, slow):
+            with fast:
+                vector_rows()
+            with slow:
+                scalar_rows()
 
 
 def lower_conv(kernel, root):
