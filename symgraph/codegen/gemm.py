@@ -62,12 +62,15 @@ class Blocking:
 
 def blocking(dtype, vector_bytes=None) -> Blocking:
     """Tile sizes: MR x NR accumulators fill most of the register file (32 zmm or 16 ymm/xmm);
-    a KC x NR sliver of B stays in L1, an MC x KC block of A in L2."""
+    a KC x NR sliver of B stays in L1, an MC x KC block of A in L2, and the KC x NC panel of
+    packed B (512 KiB in float32) in L2 too. A larger panel spills to L3: with few rows of A
+    (a convolution's output channels) each panel is used once, and two threads streaming
+    theirs from the shared L3 halved conv2d's two-thread speed."""
     vb = vector_bytes or GEMM_VECTOR_BYTES or simd_bytes()
     w = vb // np.dtype(dtype).itemsize
     mr = {64: 14, 32: 6, 16: 4}[vb]
     kc = 256 if np.dtype(dtype).itemsize == 4 else 192
-    return Blocking(w=w, mr=mr, nv=2, kc=kc, mc=mr * (10 if vb == 64 else 16), nc=4096)
+    return Blocking(w=w, mr=mr, nv=2, kc=kc, mc=mr * (10 if vb == 64 else 16), nc=512)
 
 
 def _const(v):
