@@ -287,7 +287,7 @@ def signature(subject, declared):
             shape = v.attrs.get("shape")
         if dtype is None:
             dtype = v.attrs.get("dtype")
-        if shape is None or not all(isinstance(d, int) for d in shape) or dtype is None:
+        if shape is None or dtype is None:  # open axes (None or named) are fine: symbolic
             missing.append(name)
         else:
             types[name] = (tuple(shape), np.dtype(dtype))
@@ -301,6 +301,7 @@ def dump_graph(args, out):
     from .frontend import to_graph
     from .graph import to_text
     from .runtime.compiled import _contiguous_key
+    from .shapes import NotGeneric
 
     subject = load_saved(args) if args.graph else load_model(args)
     header = "# outputs: " + ", ".join(subject.names)
@@ -329,7 +330,15 @@ def dump_graph(args, out):
         ins = [types[n] for n in f.inputs]
         out.write(f._specialize(ins, _contiguous_key(ins)).program.ptx.rstrip() + "\n")
         return
-    t = insp.trace(to_graph(subject.outputs, subject.variables), types, subject.passes)
+    open_sizes = not all(isinstance(d, int) for shape, _ in types.values() for d in shape)
+    if open_sizes and (args.ptx or args.target == "cuda"):
+        raise CLIError("--ptx needs every size: the CUDA target compiles per shape",
+                       hint="pass --input NAME=DTYPE[SIZES] for the inputs with open sizes")
+    try:
+        t = insp.trace(to_graph(subject.outputs, subject.variables), types, subject.passes)
+    except NotGeneric as exc:
+        raise CLIError(f"this graph needs concrete sizes for its open axes: {exc}",
+                       hint="pass --input NAME=DTYPE[SIZES] for the inputs with open sizes")
     if args.passes:
         out.write(passes_text(t) + "\n")
         return
@@ -351,8 +360,11 @@ def dump_graph(args, out):
         write_extras(args, t, "final", out)
     if args.llvm or args.llvm_opt or args.asm:
         f = subject.compile_fn()
-        key = _contiguous_key([types[n] for n in f.inputs])
-        library = f._specialize([types[n] for n in f.inputs], key).library
+        if open_sizes:
+            library = f._generic_code(tuple(types[n][1] for n in f.inputs)).exe.library
+        else:
+            key = _contiguous_key([types[n] for n in f.inputs])
+            library = f._specialize([types[n] for n in f.inputs], key).library
         if args.llvm or args.llvm_opt:
             out.write("== LLVM IR ==\n" + library.llvm_ir.rstrip() + "\n")
         if args.llvm_opt:

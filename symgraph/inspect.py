@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import Loc, SerializationError
 from .graph import new_graph, topo_order, type_str
+from .shapes import NotGeneric, Sym, Unify
 
 SCHEMA = "symgraph.graph"
 SCHEMA_VERSION = 1
@@ -41,18 +42,28 @@ class Trace:
 
 
 def trace(template, signature, passes, *, verify=False) -> Trace:
-    """Specialize the untyped `template` graph for {name: (shape, dtype)} and run `passes`."""
-    from .infer import specialize
+    """Specialize the untyped `template` graph for {name: (shape, dtype)} and run `passes`.
+    Open sizes (None or named axes) stay symbolic, as compile() keeps them; a graph that
+    needs concrete sizes there raises NotGeneric."""
+    from .infer import specialize, specialize_generic
     from .passes import run_passes
 
     t = Trace()
-    g = specialize(template, signature)
+    if all(isinstance(d, int) for shape, _ in signature.values() for d in shape):
+        g = specialize(template, signature)
+    else:
+        g, shapes = specialize_generic(template, signature)
+        g.graph["symbols"] = sorted({s for shape in shapes.values() for d in shape
+                                     if isinstance(d, Sym) for s in d.symbols()})
     t.stages["input"] = g
 
     def on_stage(name, graph):
         t.stages[name] = graph
 
-    g, t.log = run_passes(g, passes, verify=verify, on_stage=on_stage)
+    try:
+        g, t.log = run_passes(g, passes, verify=verify, on_stage=on_stage)
+    except Unify as exc:
+        raise NotGeneric(f"sizes {exc} are compared after specialization") from None
     t.stages["final"] = g
     return t
 
@@ -78,6 +89,10 @@ def memory_summary(plan) -> str:
     if not plan or "peak_bytes" not in plan:
         return "memory plan: none (no intermediates are materialized)"
     peak, plain = plan["peak_bytes"], plan["no_reuse_bytes"]
+    if isinstance(peak, Sym) or isinstance(plain, Sym):  # open sizes: bytes as formulas
+        return (f"memory plan: peak {peak!r} bytes vs {plain!r} bytes without reuse "
+                f"({plan.get('num_buffers', 0)} buffers for {plan.get('intermediates', 0)} "
+                f"intermediates)")
     saved = f", {100 * (plain - peak) / plain:.0f}% saved" if plain else ""
     return (f"memory plan: peak {peak:,} bytes vs {plain:,} bytes without reuse{saved} "
             f"({plan.get('num_buffers', 0)} buffers for {plan.get('intermediates', 0)} "
@@ -91,7 +106,7 @@ def shape_table(g) -> str:
         d = g.nodes[n]
         size = "?"
         if isinstance(d.get("shape"), tuple) and isinstance(d.get("dtype"), np.dtype):
-            size = str(math.prod(d["shape"]) * d["dtype"].itemsize)
+            size = repr(math.prod(d["shape"]) * d["dtype"].itemsize)
         rows.append((f"%{n}", d["op"], type_str(d), size,
                      *("-" if d.get(k) is None else str(d[k]) for k in ANNOTATIONS),
                      d.get("name") or ""))
@@ -275,9 +290,11 @@ def _dtype_from_json(text):
 
 
 def _shape_json(shape):
+    """A shape as JSON; a symbolic size (an open axis) as its text, like "batch" or "2*x.0"."""
     if shape is None:
         return None
-    return [_shape_json(s) if isinstance(s, tuple) else s for s in shape]
+    return [_shape_json(s) if isinstance(s, tuple) else repr(s) if isinstance(s, Sym) else s
+            for s in shape]
 
 
 def _shape_from_json(shape):

@@ -241,3 +241,30 @@ def test_main_in_process(capsys):
     assert "fuse" in capsys.readouterr().out
     assert main(["dump-graph", str(TINY), "--output", "nope"]) == 1
     assert "nope" in capsys.readouterr().err
+
+
+def test_open_sizes_stay_symbolic(tmp_path):
+    """A model whose Variables declare dtypes and open axes shows symbolic shapes and plans,
+    compiles to one generic code, and exports with the sizes as C parameters."""
+    model = tmp_path / "batch_model.py"
+    model.write_text("import numpy as np\nimport symgraph as sg\n"
+                     "x = sg.Variable('x', ('batch', 4), 'float32')\n"
+                     "y = sg.tanh(x @ np.ones((4, 3), 'float32')) * 2\n")
+    done = symgraph("dump-graph", model, "--after", "memory")
+    assert done.returncode == 0, done.stderr
+    assert "float32[batch,3]" in done.stdout
+    assert re.search(r"memory plan: peak \d+\*batch \+ \d+ bytes", done.stdout)
+    asm = symgraph("dump-graph", model, "--asm")
+    assert asm.returncode == 0 and "symgraph_main" in asm.stdout, asm.stderr
+    exported = symgraph("export", model, "-o", tmp_path / "out", "--name", "bm")
+    assert exported.returncode == 0, exported.stderr
+    assert "int64_t size_batch" in (tmp_path / "out" / "bm.h").read_text()
+    strided = tmp_path / "strided.py"
+    strided.write_text("import numpy as np\nimport symgraph as sg\n"
+                       "x = sg.Variable('x', (1, 1, None, 8), 'float32')\n"
+                       "y = sg.conv2d(x, np.ones((1, 1, 3, 3), 'float32'), stride=2)\n")
+    refused = symgraph("dump-graph", strided)
+    assert refused.returncode == 1 and "needs concrete sizes" in refused.stderr
+    assert "--input" in refused.stderr
+    ok = symgraph("dump-graph", strided, "--input", "x=float32[1,1,9,8]")
+    assert ok.returncode == 0 and "float32[1,1,4,3]" in ok.stdout, ok.stderr
