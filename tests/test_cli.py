@@ -249,7 +249,8 @@ def test_open_sizes_stay_symbolic(tmp_path):
     model = tmp_path / "batch_model.py"
     model.write_text("import numpy as np\nimport symgraph as sg\n"
                      "x = sg.Variable('x', ('batch', 4), 'float32')\n"
-                     "y = sg.tanh(x @ np.ones((4, 3), 'float32')) * 2\n")
+                     "h = x @ np.ones((4, 3), 'float32')\n"
+                     "y = sg.tanh(h) * 2 + sg.sum(h, axis=1, keepdims=True)\n")
     done = symgraph("dump-graph", model, "--after", "memory")
     assert done.returncode == 0, done.stderr
     assert "float32[batch,3]" in done.stdout

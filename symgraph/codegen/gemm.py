@@ -90,12 +90,17 @@ def _aligned(b, raw, align=64):
     return b.inttoptr(b.and_(addr, _const(-align)), PTR)
 
 
-def gemm_function(module, name, dtype, load_a, load_b, vector_bytes=None):
+def gemm_function(module, name, dtype, load_a, load_b, vector_bytes=None, epilogue=None):
     """The internal function ``void NAME(ptr A, ptr B, ptr C, i64 M, i64 N, i64 K, ptr status)``
     computing C[M, N] (row-major, contiguous) = A @ B through the loaders; K must be > 0.
     Reused when the module already has it. A B loader may also pack a whole NR-column sliver
     itself: then it has ``setup(em, nr)`` (run in the entry block, for its scratch) and
-    ``pack_sliver(em, base, dst, k0, kc, j0, n, nr)``."""
+    ``pack_sliver(em, base, dst, k0, kc, j0, n, nr)``.
+
+    With ``epilogue(builder, env, status, i0, j0, rows, cols)`` the function takes one more
+    argument, ``ptr env``, and calls the epilogue on each finished tile of C (rows x cols at
+    row i0, column j0, after its last K block) while the tile is still in L1; rows and cols
+    are Python ints for full tiles."""
     existing = module.globals.get(name)
     if existing is not None:
         return existing
@@ -103,10 +108,11 @@ def gemm_function(module, name, dtype, load_a, load_b, vector_bytes=None):
     blk = blocking(dtype, vector_bytes)
     ty = register_type(dtype)
     sz = dtype.itemsize
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, PTR, I64, I64, I64, PTR]),
-                     name)
+    params = [PTR, PTR, PTR, I64, I64, I64, PTR] + ([PTR] if epilogue else [])
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), params), name)
     fn.linkage = "internal"
-    a_ptr, b_ptr, c_ptr, m, n, k, status = fn.args
+    a_ptr, b_ptr, c_ptr, m, n, k, status = fn.args[:7]
+    env = fn.args[7] if epilogue else None
     for arg in (a_ptr, b_ptr, c_ptr):
         arg.add_attribute("noalias")
     ukernel = _microkernel(module, f"{name}.ukernel", dtype, blk)
@@ -216,6 +222,14 @@ def gemm_function(module, name, dtype, load_a, load_b, vector_bytes=None):
                                     copy(True)
                                 b.call(ukernel, [kc, ap, bp, tile, _const(nr), first])
                                 copy(False)
+                        if epilogue is not None:
+                            with b.if_then(b.icmp_signed(">=", b.add(pc, kc), k)):
+                                # A full tile gets constant bounds: straight-line SIMD code.
+                                with b.if_else(full, likely=True) as (whole, edge):
+                                    with whole:
+                                        epilogue(b, env, status, i0, j0, mr, nr)
+                                    with edge:
+                                        epilogue(b, env, status, i0, j0, rows, cols)
 
                     emit_loop(b, _ceil_div(b, mc, mr), ir_loop, "ir")
 
@@ -335,7 +349,8 @@ def folded_rows(batch, a2, b2):
     return None
 
 
-def emit_matmul(em, a_ptr, b_ptr, c_ptr, batch, a2, b2, a_dtype, b_dtype, dtype, rows=None):
+def emit_matmul(em, a_ptr, b_ptr, c_ptr, batch, a2, b2, a_dtype, b_dtype, dtype, rows=None,
+                epilogue=None):
     """Batched matmul of contiguous operands (1-d ones already promoted to 2-d shapes a2/b2)
     into contiguous C of shape batch + (m, n), one GEMM call per batch element. When only A
     has batch axes, they fold into M: one GEMM of (batch*m) x n. With `rows=(lo, hi)` (only
@@ -349,8 +364,12 @@ def emit_matmul(em, a_ptr, b_ptr, c_ptr, batch, a2, b2, a_dtype, b_dtype, dtype,
         m, batch, a_batch, b_batch = folded, (), (), ()
     names = ".".join(np.dtype(t).name for t in (dtype, a_dtype, b_dtype))
     name = f"gemm.{names}.k{k}.n{n}"  # the loaders bake in the row strides k and n
+    if epilogue is not None:  # (callable, env pointer): a GEMM of this kernel's own
+        name = f"{b.function.name}.gemm"
     fn = gemm_function(b.module, name, dtype, dense_loader(a_dtype, dtype, k),
-                       dense_loader(b_dtype, dtype, n))
+                       dense_loader(b_dtype, dtype, n),
+                       epilogue=epilogue[0] if epilogue is not None else None)
+    env_args = [epilogue[1]] if epilogue is not None else []
 
     def one(bidx):
         def offset(ptr, shape, mat, elem_dtype):
@@ -369,7 +388,7 @@ def emit_matmul(em, a_ptr, b_ptr, c_ptr, batch, a2, b2, a_dtype, b_dtype, dtype,
             c_at = b.gep(c_at, [b.mul(lo, _const(n))], source_etype=memory_type(dtype))
             count = b.sub(hi, lo)
         b.call(fn, [a_at, offset(b_ptr, b_batch, k * n, b_dtype), c_at, count, _const(n),
-                    _const(k), em.status_ptr])
+                    _const(k), em.status_ptr] + env_args)
 
     if rows is not None and batch:
         raise ValueError("a row range needs the batch folded into M")

@@ -409,8 +409,12 @@ class GraphLowering:
                     reads.append(a)
         params = roots + reads
         name = f"{self.name}.k{k}.{g.nodes[root]['op']}"
-        kind = get_op(g.nodes[root]["op"]).kind
-        plan = self._parallel_plan(root, member_set) if self.num_threads > 1 else None
+        # A matmul or conv with an elementwise epilogue (see passes/fuse.py): the product
+        # decides the loops and the thread split.
+        product = next((n for n in members if n != root
+                        and get_op(g.nodes[n]["op"]).kind in ("matmul", "conv")), None)
+        plan = (self._parallel_plan(product or root, {product} if product else member_set)
+                if self.num_threads > 1 else None)
         extra = [I64, I64] + ([PTR] if plan and plan[1] == "partials" else []) if plan else []
         n_fixed = len(params) + 1 + bool(self.symbols)  # buffers, status, [sizes]
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * n_fixed + extra),
@@ -434,15 +438,12 @@ class GraphLowering:
         if self.check_finite:
             kernel.start_checks()
         kernel.roots = roots
-        emit_body = {"reduce": kernel.reduce, "matmul": kernel.matmul, "concat": kernel.concat,
-                     "conv": lambda r: lower_conv(kernel, r),
-                     "pool": lambda r: lower_pool(kernel, r),
-                     "argreduce": kernel.argreduce}.get(kind, kernel.elementwise)
+        kernel.product = product
         if (self.math_impl is not None and not self.outline_math
                 and any(g.nodes[n]["op"] in _TRIG for n in members)):
-            self._with_exact_trig_fallback(kernel, emit_body, root)
+            self._with_exact_trig_fallback(kernel, kernel.emit, root)
         else:
-            emit_body(root)
+            kernel.emit(root)
         if self.check_finite:
             kernel.report_checks()
         b.ret_void()
@@ -472,13 +473,12 @@ class GraphLowering:
         copy = _KernelBody(self, eb, kernel.members, {p: exact.args[i] for i, p in enumerate(
             kernel.pointers)}, exact.args[list(fn.args).index(kernel.em.status_ptr)])
         copy.roots, copy.em.math_impl = kernel.roots, None
+        copy.product = kernel.product
         if kernel.outer is not None:
             copy.outer = tuple(exact.args[list(fn.args).index(v)] for v in kernel.outer)
         if kernel.partial_out is not None:
             copy.partial_out = exact.args[list(fn.args).index(kernel.partial_out)]
-        body_of = {"reduce": copy.reduce, "matmul": copy.matmul, "concat": copy.concat,
-                   "argreduce": copy.argreduce}
-        body_of.get(get_op(self.g.nodes[root]["op"]).kind, copy.elementwise)(root)
+        copy.emit(root)
         eb.ret_void()
 
         beyond = b.alloca(ir.IntType(1), name="trig_beyond_range")
@@ -674,6 +674,98 @@ class _KernelBody:
         self.nonfinite_input = None  # with check_finite: a reduction's input had NaN or inf
         self.outer = None  # (lo, hi): this thread's slice of the outermost loop
         self.partial_out = None  # where a thread leaves its partial reduction
+        self.product = None  # a matmul/conv member whose elementwise epilogue is the root
+        self.epilogue_root = None  # while lowering that product: the root to apply per tile
+        self.epilogue_done = False  # whether the product's lowering applied the epilogue
+
+    def emit(self, root):
+        """The kernel's loops: by the kind of its root, or a product and its epilogue."""
+        if self.product is not None:
+            self._product_with_epilogue(self.product, root)
+            return
+        kind = get_op(self.g.nodes[root]["op"]).kind
+        {"reduce": self.reduce, "matmul": self.matmul, "concat": self.concat,
+         "conv": lambda r: lower_conv(self, r), "pool": lambda r: lower_pool(self, r),
+         "argreduce": self.argreduce}.get(kind, self.elementwise)(root)
+
+    def _product_with_epilogue(self, product, root):
+        """The product computed into the root's buffer; its epilogue applied to each tile or
+        row as it is finished where the product's code allows (GEMM tiles, matrix-vector
+        rows), else in one pass over the output right after."""
+        self.pointers[product] = self.pointers[root]
+        self.members = self.members - {product}  # the epilogue reads the product's buffer
+        trig = any(self.g.nodes[n]["op"] in _TRIG for n in self.members)
+        inline_ok = self.check_slot is None and (self.em.math_impl is None or not trig
+                                                 or self.lowering.outline_math)
+        self.epilogue_root = root if inline_ok else None
+        self.epilogue_done = False
+        if get_op(self.g.nodes[product]["op"]).kind == "matmul":
+            self.matmul(product)
+        else:
+            lower_conv(self, product)
+        self.epilogue_root = None
+        if not self.epilogue_done:
+            self._epilogue_pass(root)
+
+    def _epilogue_pass(self, root):
+        d, em = self.g.nodes[root], self.em
+
+        def body(idx):
+            self.memo.clear()
+            em.store(d["dtype"], self.value(root, idx), self.pointers[root],
+                     em.linearize(idx, d["shape"]))
+
+        emit_nest(self.b, d["shape"], body, "ep", outer=self.outer)
+
+    def _epilogue_values(self, root, idx):
+        """Store the root's value at output index idx (the product read from the buffer)."""
+        d = self.g.nodes[root]
+        self.memo.clear()
+        self.em.store(d["dtype"], self.value(root, idx), self.pointers[root],
+                      self.em.linearize(idx, d["shape"]))
+
+    def _tile_epilogue(self, root):
+        """(callable, env) for gemm_function: the env holds this kernel's buffer pointers and
+        its first row; the callable calls a row function (noalias buffers, so its loop is
+        vectorized) on each row of a finished tile."""
+        b = self.b
+        unique = []  # one parameter per distinct buffer (the product shares the root's)
+        for node, pointer in self.pointers.items():
+            if not any(pointer is p for _, p in unique):
+                unique.append((node, pointer))
+        param_of = {node: next(i for i, (_, p) in enumerate(unique) if p is pointer)
+                    for node, pointer in self.pointers.items()}
+        env = b.alloca(I64, size=ir.Constant(I64, len(unique) + 1), name="epilogue_env")
+        for i, (_, pointer) in enumerate(unique):
+            b.store(b.ptrtoint(pointer, I64), b.gep(env, [ir.Constant(I64, i)], source_etype=I64))
+        b.store(self.outer[0] if self.outer is not None else ir.Constant(I64, 0),
+                b.gep(env, [ir.Constant(I64, len(unique))], source_etype=I64))
+
+        module = b.module
+        row_fn = ir.Function(module, ir.FunctionType(
+            ir.VoidType(), [PTR] * len(unique) + [I64, I64, I64, PTR]),
+            f"{b.function.name}.epilogue")
+        row_fn.linkage = "internal"
+        for arg in row_fn.args[:len(unique)]:
+            arg.add_attribute("noalias")
+        *buffers, row, j0, count, status = row_fn.args
+        rb = ir.IRBuilder(row_fn.append_basic_block("entry"))
+        body = _KernelBody(self.lowering, rb, self.members,
+                           {node: buffers[param_of[node]] for node in self.pointers}, status)
+        body.roots = [root]
+        emit_loop(rb, count, lambda c: body._epilogue_values(root, [row, rb.add(j0, c)]), "ej")
+        rb.ret_void()
+
+        def apply(gb, env_arg, status_arg, i0, tile_j0, rows, cols):
+            words = [gb.load(gb.gep(env_arg, [ir.Constant(I64, i)], source_etype=I64), typ=I64)
+                     for i in range(len(unique) + 1)]
+            pointers = [gb.inttoptr(w, PTR) for w in words[:-1]]
+            first = gb.add(words[-1], i0)
+            width = ir.Constant(I64, cols) if isinstance(cols, int) else cols
+            emit_loop(gb, rows, lambda r: gb.call(
+                row_fn, pointers + [gb.add(first, r), tile_j0, width, status_arg]), "er")
+
+        return apply, env
 
     # value of `node` at index `idx` (a list in node's shape, or a _Flat)
     def value(self, node, idx):
@@ -1006,6 +1098,10 @@ class _KernelBody:
         ptr = self.pointers[root]
         a_dtype, b_dtype = g.nodes[a]["dtype"], g.nodes[bb]["dtype"]
         operands_ready = a not in self.members and bb not in self.members
+        tile_epilogue = (self._tile_epilogue(self.epilogue_root)
+                         if self.epilogue_root is not None and not batch else None)
+        if self.epilogue_root is not None:
+            self.epilogue_done = not batch  # both paths below apply it, tile or row
         if isinstance(m, Sym) and operands_ready and uses_gemm(dtype, _typical(m), n, k):
             # One compilation for all row counts: the GEMM for enough rows, else the loop
             # nest (both add in the same order, so results agree bit for bit).
@@ -1018,13 +1114,14 @@ class _KernelBody:
             with b.if_else(enough) as (gemm, nest):
                 with gemm:
                     emit_matmul(em, self.pointers[a], self.pointers[bb], ptr, batch, a2, b2,
-                                a_dtype, b_dtype, dtype, rows=self.outer)
+                                a_dtype, b_dtype, dtype, rows=self.outer,
+                                epilogue=tile_epilogue)
                 with nest:
                     self._matmul_nest(root)
             return
         if not isinstance(m, Sym) and uses_gemm(dtype, m, n, k) and operands_ready:
             emit_matmul(em, self.pointers[a], self.pointers[bb], ptr, batch, a2, b2,
-                        a_dtype, b_dtype, dtype, rows=self.outer)
+                        a_dtype, b_dtype, dtype, rows=self.outer, epilogue=tile_epilogue)
             return
         self._matmul_nest(root)
 
@@ -1071,6 +1168,10 @@ class _KernelBody:
                     emit_loop(b, n, over_j, "j")
 
                 emit_loop(b, k, over_k, "k")
+                if self.epilogue_root is not None and not bidx:  # the finished row, in L1
+                    epilogue_root = self.epilogue_root
+                    emit_loop(b, n, lambda j: self._epilogue_values(epilogue_root, [i, j]),
+                              "ej")
 
             if self.outer is not None:  # this thread's rows (of an unbatched product)
                 if batch:

@@ -5,6 +5,12 @@ elementwise or a movement op, is not an output, all its users sit in one kernel 
 inline it, and it has as many elements as that kernel's loop domain (inlining a smaller
 node under broadcasting would recompute it per element). Everything else roots a kernel.
 Each node gets a `kernel` attribute; kernels are numbered in a valid execution order.
+
+Epilogues: a matmul or conv2d whose only user is an elementwise kernel over exactly its
+output (the bias add and activation after a layer) joins that kernel. Code generation then
+computes the product into the kernel's result buffer and applies the elementwise ops to
+each output tile while it is still in registers or L1, so the layer makes no extra pass
+over memory.
 """
 from __future__ import annotations
 
@@ -25,6 +31,21 @@ _HEAVY = frozenset({"exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "si
 def op_weight(opname) -> int:
     return 16 if opname in _HEAVY else 1
 CAN_ABSORB = ("elementwise", "movement", "gather", "reduce", "argreduce")
+PRODUCTS = ("matmul", "conv")  # ops that can take an elementwise epilogue
+
+
+def epilogue_ok(g, n, root, members) -> bool:
+    """Whether product node `n` can join the elementwise kernel rooted at `root` (members
+    so far): the kernel loops over exactly n's output, in n's dtype, and holds nothing but
+    elementwise ops (and at most this one product)."""
+    d, r = g.nodes[n], g.nodes[root]
+    if d["op"] == "matmul" and len(d["shape"]) != 2:
+        return False  # batched products keep their own kernel
+    if d["op"] == "conv2d" and d["attrs"].get("groups", 1) != 1:
+        return False
+    return (tuple(r["shape"]) == tuple(d["shape"]) and r["dtype"] == d["dtype"]
+            and d["dtype"].kind == "f"
+            and all(get_op(g.nodes[m]["op"]).kind == "elementwise" for m in members))
 
 
 def kernel_domain(g, root) -> tuple:
@@ -39,9 +60,11 @@ def kernel_domain(g, root) -> tuple:
 
 def assign_kernels(g, *, inline: bool):
     g = copy_graph(g)
+    epilogues_allowed = g.graph.get("epilogues", True)  # a target may lower products alone
     order = topo_order(g)
     outputs = set(g.graph["outputs"])
     kernel_of, domain_size, weight, inlined = {}, {}, {}, 0
+    members, epilogues = {}, 0
     for n in reversed(order):
         d = g.nodes[n]
         kind = get_op(d["op"]).kind
@@ -57,24 +80,39 @@ def assign_kernels(g, *, inline: bool):
             k = next(iter(user_kernels))
             kernel_of[n] = k
             weight[k] += op_weight(d["op"])
+            members[k].append(n)
             inlined += 1
+        elif (inline and epilogues_allowed and n not in outputs and kind in PRODUCTS
+              and len(users) == 1 and None not in user_kernels and not any(
+                  get_op(g.nodes[m]["op"]).kind in PRODUCTS for m in members[kernel_of[users[0]]])
+              and epilogue_ok(g, n, kernel_of[users[0]], members[kernel_of[users[0]]])):
+            k = kernel_of[users[0]]
+            kernel_of[n] = k
+            members[k].append(n)
+            epilogues += 1
         else:
             kernel_of[n] = n  # provisional id: the root's key
             domain_size[n] = math.prod(kernel_domain(g, n))
             weight[n] = op_weight(d["op"])
+            members[n] = [n]
     # Number kernels by their root's position in topological order: a valid schedule.
     position = {n: i for i, n in enumerate(order)}
     roots = sorted(set(kernel_of.values()), key=position.__getitem__)
-    group = _merge_siblings(g, roots, weight) if inline else list(range(len(roots)))
+    with_product = {k for k, ms in members.items()
+                    if k in kernel_of.values() and len(ms) > 1
+                    and any(get_op(g.nodes[m]["op"]).kind in PRODUCTS for m in ms)}
+    group = (_merge_siblings(g, roots, weight, with_product) if inline
+             else list(range(len(roots))))
     number = {root: group[i] for i, root in enumerate(roots)}
     for n, k in kernel_of.items():
         g.nodes[n]["kernel"] = number[k]
     count = (group[-1] + 1) if group else 0
     g.graph["num_kernels"] = count
-    return g, {"kernels": count, "ops_fused": inlined, "kernels_merged": len(roots) - count}
+    return g, {"kernels": count, "ops_fused": inlined, "kernels_merged": len(roots) - count,
+               "epilogues": epilogues}
 
 
-def _merge_siblings(g, roots, weight) -> list:
+def _merge_siblings(g, roots, weight, keep_apart=()) -> list:
     """Kernel number per root: consecutive elementwise kernels over the same domain become one
     loop that stores several results, so a DAG whose nodes have several users still makes
     one pass. Only consecutive kernels merge, so every dependency still runs forward; a
@@ -82,7 +120,7 @@ def _merge_siblings(g, roots, weight) -> list:
     numbers, current, shape, total = [], -1, None, 0
     for root in roots:
         d = g.nodes[root]
-        mergeable = get_op(d["op"]).kind in INLINABLE
+        mergeable = get_op(d["op"]).kind in INLINABLE and root not in keep_apart
         if (mergeable and shape is not None and d["shape"] == shape
                 and total + weight[root] <= MAX_KERNEL_WEIGHT):
             total += weight[root]

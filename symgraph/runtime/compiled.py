@@ -470,6 +470,7 @@ class CompiledFunction:
     """
 
     SHAPE_GENERIC = True  # whether open axes get code for all sizes (the CPU target does)
+    EPILOGUES = True  # whether matmul/conv kernels take their elementwise epilogue along
 
     def __init__(self, structure, variables, *, opt_level=2, disable=(), name="symgraph_main",
                  verify=None, num_threads=None, check_finite=False):
@@ -487,6 +488,7 @@ class CompiledFunction:
         self.verify = VERIFY_DEFAULT if verify is None else verify
         self.passes = pipeline(opt_level, self.disable)
         self._template = to_graph(structure.exprs, variables)
+        self._template.graph["epilogues"] = self.EPILOGUES
         self._specializations = {}
         self._debug = None
         self._latest = None

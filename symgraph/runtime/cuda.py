@@ -277,6 +277,7 @@ class CudaFunction(CompiledFunction):
     """The callable compile(..., target='cuda') returns; ``ptx`` holds the generated code."""
 
     SHAPE_GENERIC = False  # device code is specialized per shape
+    EPILOGUES = False  # the PTX lowering runs a product and its epilogue as two kernels
 
     def __init__(self, structure, variables, *, arch=None, **options):
         self.target = "cuda"

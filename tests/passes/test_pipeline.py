@@ -116,7 +116,8 @@ def test_chain_of_non_fusable_ops_needs_two_buffers():
     plan = f.memory_plan
     assert plan["num_buffers"] <= 2
     assert plan["peak_bytes"] <= 2 * 4 * 8 * 8 < plan["no_reuse_bytes"]
-    assert len(plan["buffers"]) == 49 and set(plan["buffers"].values()) <= {0, 1}
+    # Each tanh is its matmul's epilogue: 24 intermediates between the 25 layers.
+    assert len(plan["buffers"]) == 24 and set(plan["buffers"].values()) <= {0, 1}
     baseline = sg.compile(y, opt_level=0)
     baseline(xs, ws)
     assert baseline.memory_plan["num_buffers"] == 49
