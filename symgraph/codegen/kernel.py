@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 from llvmlite import ir
@@ -60,6 +61,30 @@ def broadcast_index(idx, out_shape, in_shape, em):
         return _Flat(em.index_const(0)) if math.prod(in_shape) == 1 else idx
     offset = len(out_shape) - len(in_shape)
     return [em.index_const(0) if d == 1 else idx[offset + k] for k, d in enumerate(in_shape)]
+
+
+@dataclass(frozen=True)
+class MatmulGeometry:
+    """A matmul's operands with 1-d ones promoted to 2-d (a2, b2), its m, k, n and batch."""
+
+    a: int
+    b: int
+    a2: tuple
+    b2: tuple
+    m: object
+    k: object
+    n: object
+    batch: tuple
+
+    @classmethod
+    def of(cls, g, node):
+        d = g.nodes[node]
+        a, bb = d["args"]
+        a_shape, b_shape = g.nodes[a]["shape"], g.nodes[bb]["shape"]
+        a2 = (1,) + a_shape if len(a_shape) == 1 else a_shape
+        b2 = b_shape + (1,) if len(b_shape) == 1 else b_shape
+        batch = d["shape"][: len(d["shape"]) - (len(a_shape) > 1) - (len(b_shape) > 1)]
+        return cls(a, bb, a2, b2, a2[-2], a2[-1], b2[-1], tuple(batch))
 
 
 class GraphLowering:
@@ -533,16 +558,12 @@ class GraphLowering:
             work = math.prod(d["shape"]) * (math.prod(g.nodes[d["args"][1]]["shape"][1:])
                                             if kind == "conv" else 1)
         elif kind == "matmul":
-            a, bb = d["args"]
-            a_shape, b_shape = g.nodes[a]["shape"], g.nodes[bb]["shape"]
-            a2 = (1,) + a_shape if len(a_shape) == 1 else a_shape
-            b2 = b_shape + (1,) if len(b_shape) == 1 else b_shape
-            batch = d["shape"][: len(d["shape"]) - (len(a_shape) > 1) - (len(b_shape) > 1)]
-            rows = folded_rows(batch, a2, b2)
-            if rows is None or not uses_gemm(d["dtype"], _typical(a2[-2]), b2[-1], a2[-1]):
+            mm = MatmulGeometry.of(g, root)
+            rows = folded_rows(mm.batch, mm.a2, mm.b2)
+            if rows is None or not uses_gemm(d["dtype"], _typical(mm.m), mm.n, mm.k):
                 return None
             # Threads split the rows; each packs its own copy of B, so chunks must be tall.
-            flops = rows * a2[-1] * b2[-1]
+            flops = rows * mm.k * mm.n
             if _typical(rows) < 32 or _typical(flops) < PARALLEL_MIN_FLOPS:
                 return None
             guards = [(rows, 32), (flops, PARALLEL_MIN_FLOPS)] if isinstance(rows, Sym) else []
@@ -1086,15 +1107,9 @@ class _KernelBody:
 
     def matmul(self, root):
         g, em, b = self.g, self.em, self.b
-        d = g.nodes[root]
-        a, bb = d["args"]
-        a_shape, b_shape = g.nodes[a]["shape"], g.nodes[bb]["shape"]
-        a2 = (1,) + a_shape if len(a_shape) == 1 else a_shape
-        b2 = b_shape + (1,) if len(b_shape) == 1 else b_shape
-        dtype = np.dtype(d["dtype"])
-        m, k, n = a2[-2], a2[-1], b2[-1]
-        batch = d["shape"][: len(d["shape"]) - (len(a_shape) > 1) - (len(b_shape) > 1)]
-        out2 = batch + (m, n)
+        mm = MatmulGeometry.of(g, root)
+        a, bb, a2, b2, m, k, n, batch = (mm.a, mm.b, mm.a2, mm.b2, mm.m, mm.k, mm.n, mm.batch)
+        dtype = np.dtype(g.nodes[root]["dtype"])
         ptr = self.pointers[root]
         a_dtype, b_dtype = g.nodes[a]["dtype"], g.nodes[bb]["dtype"]
         operands_ready = a not in self.members and bb not in self.members
@@ -1128,14 +1143,9 @@ class _KernelBody:
     def _matmul_nest(self, root):
         """Matmul as a loop nest: C[i, j] = sum over k in ascending order."""
         g, em, b = self.g, self.em, self.b
-        d = g.nodes[root]
-        a, bb = d["args"]
-        a_shape, b_shape = g.nodes[a]["shape"], g.nodes[bb]["shape"]
-        a2 = (1,) + a_shape if len(a_shape) == 1 else a_shape
-        b2 = b_shape + (1,) if len(b_shape) == 1 else b_shape
-        dtype = np.dtype(d["dtype"])
-        m, k, n = a2[-2], a2[-1], b2[-1]
-        batch = d["shape"][: len(d["shape"]) - (len(a_shape) > 1) - (len(b_shape) > 1)]
+        mm = MatmulGeometry.of(g, root)
+        a, bb, a2, b2, m, k, n, batch = (mm.a, mm.b, mm.a2, mm.b2, mm.m, mm.k, mm.n, mm.batch)
+        dtype = np.dtype(g.nodes[root]["dtype"])
         out2 = batch + (m, n)
         ptr = self.pointers[root]
         a_dtype, b_dtype = g.nodes[a]["dtype"], g.nodes[bb]["dtype"]

@@ -797,11 +797,7 @@ def fast({params}{', ' if params else ''}*, out=None):
                 return GenericExecutable(exe, shapes, symbols, layout)
         try:
             g, log, stages = self._optimize(g)
-            check_sites = []
-            module = lower_graph(g, self.name, _math_impl(), num_threads=self.num_threads,
-                                 check_finite=self.check_finite, check_sites=check_sites,
-                                 vector_bytes=host_vector_bytes())
-            wrapper = _add_python_entry(module, self.name)
+            module, wrapper, check_sites = self._lower(g)
             layout = GenericExecutable.layout(g)
             if key is not None:
                 meta = {"generic": GenericExecutable.layout_to_json(layout)}
@@ -854,11 +850,7 @@ def fast({params}{', ' if params else ''}*, out=None):
             if found is not None:
                 return self._cached_executable(g, n_args, *found)
         g, log, stages = self._optimize(g)
-        check_sites = []
-        module = lower_graph(g, self.name, _math_impl(), num_threads=self.num_threads,
-                             check_finite=self.check_finite, check_sites=check_sites,
-                             vector_bytes=host_vector_bytes())
-        wrapper = _add_python_entry(module, self.name)
+        module, wrapper, check_sites = self._lower(g)
         out_types = [(g.nodes[o]["shape"], g.nodes[o]["dtype"]) for o in g.graph["outputs"]]
         if key is not None:
             meta = {"workspace_bytes": int(g.graph.get("workspace_bytes", 0)),
@@ -875,6 +867,14 @@ def fast({params}{', ' if params else ''}*, out=None):
         exe = Executable(g, log, library, cfunc, out_types, stages)
         exe.check_sites = check_sites
         return exe
+
+    def _lower(self, g):
+        """(LLVM module, name of its Python entry, check_finite sites) of a final graph."""
+        check_sites = []
+        module = lower_graph(g, self.name, _math_impl(), num_threads=self.num_threads,
+                             check_finite=self.check_finite, check_sites=check_sites,
+                             vector_bytes=host_vector_bytes())
+        return module, _add_python_entry(module, self.name), check_sites
 
     def _optimize(self, g):
         """(final graph, pass log, stages) of a specialized graph."""
