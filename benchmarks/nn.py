@@ -1,6 +1,7 @@
 """Issue 6's models: SGEMM 1024^3, the 512-256-128-2 MLP at batch 1 and 256, and conv2d
-(8, 64, 56, 56) with 64 3x3 filters, against numpy and (when installed) torch, at one and
-two threads. numpy's BLAS threads are pinned with threadpoolctl when it is installed."""
+(8, 64, 56, 56) with 64 3x3 filters, against numpy and (when installed) torch, jax.jit and
+onnxruntime, at one and two threads. numpy's BLAS threads are pinned with threadpoolctl
+when it is installed; jax's thread count is fixed when it starts, so its rows say so."""
 from __future__ import annotations
 
 import contextlib
@@ -51,6 +52,55 @@ def _symgraph_mlp(batch, threads):
     h = sg.relu(x @ w[0] + b[0])
     h = sg.relu(h @ w[1] + b[1])
     return sg.compile(h @ w[2] + b[2], inputs=[x, *w, *b], num_threads=threads)
+
+
+def _jax_mlp(ws, bs):
+    """jax.jit of the MLP (its XLA thread pool is whatever jax started with)."""
+    jax = optional("jax")
+    if jax is None:
+        return None
+    import jax.numpy as jnp
+
+    jw = [jnp.asarray(w) for w in ws]
+    jb = [jnp.asarray(v) for v in bs]
+
+    @jax.jit
+    def mlp(x):
+        h = jnp.maximum(x @ jw[0] + jb[0], 0)
+        h = jnp.maximum(h @ jw[1] + jb[1], 0)
+        return h @ jw[2] + jb[2]
+
+    return lambda x: mlp(x).block_until_ready()
+
+
+def _onnx_mlp(ws, bs, threads):
+    """The MLP as an ONNX graph (MatMul, Add, Relu) in an onnxruntime session."""
+    onnx, ort = optional("onnx"), optional("onnxruntime")
+    if onnx is None or ort is None:
+        return None
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(a, f"w{i}") for i, a in enumerate(ws)]
+    inits += [numpy_helper.from_array(a, f"b{i}") for i, a in enumerate(bs)]
+    nodes, h = [], "x"
+    for i in range(3):
+        nodes.append(helper.make_node("MatMul", [h, f"w{i}"], [f"m{i}"]))
+        nodes.append(helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]))
+        h = f"a{i}"
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [h], [f"r{i}"]))
+            h = f"r{i}"
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 512])],
+        [helper.make_tensor_value_info(h, TensorProto.FLOAT, [None, 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, 9)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"x": x})[0]
 
 
 def run(quick=False):
@@ -108,6 +158,17 @@ def run(quick=False):
                     rows.append((case, threads, "torch", measure(torch_many, repeat=repeat).median))
                     rows.append((case, threads, "torch.jit",
                                  measure(lambda: torch_many(scripted), repeat=repeat).median))
+                for engine, fn in (("onnxruntime", _onnx_mlp(ws, bs, threads)),
+                                   ("jax.jit", _jax_mlp(ws, bs) if threads == 1 else None)):
+                    if fn is None:
+                        continue
+                    np.testing.assert_allclose(fn(x), _numpy_mlp(x, ws, bs), rtol=1e-4, atol=1e-4)
+
+                    def peer_many(fn=fn):
+                        for _ in range(calls):
+                            fn(x)
+
+                    rows.append((case, threads, engine, measure(peer_many, repeat=repeat).median))
 
     shape = (2, 64, 56, 56) if quick else (8, 64, 56, 56)
     img = rng.standard_normal(shape).astype(np.float32)
@@ -145,6 +206,11 @@ def _targets(rows):
     m1, n1 = _time(rows, "mlp batch 1 ", 1, "symgraph"), _time(rows, "mlp batch 1 ", 1, "numpy")
     if m1 and n1:
         targets.append(("MLP batch 1, 1 thread: speedup over numpy", ">= 3.00x", n1 / m1, n1 / m1 >= 3))
+    for peer in ("jax.jit", "onnxruntime"):
+        p1 = _time(rows, "mlp batch 1 ", 1, peer)
+        if m1 and p1:
+            targets.append((f"MLP batch 1, 1 thread: speed vs {peer}", "> 1.00x", p1 / m1,
+                            p1 / m1 > 1))
     for case, label in (("mlp batch 256", "MLP batch 256"), ("conv2d", "conv2d")):
         for threads in (1, 2):
             s, t = _time(rows, case, threads, "symgraph"), _time(rows, case, threads, "torch")
