@@ -35,7 +35,9 @@ ERR_NONFINITE_BASE = 16  # status 16 + k: check site k went non-finite (check_fi
 NO_CHECK_FAILED = (1 << 62)
 PARALLEL_MIN_ELEMENTS = 1 << 17
 _TRIG = frozenset({"sin", "cos", "tan"})
-PARALLEL_MIN_FLOPS = 1 << 22  # multiply-adds below which a matmul stays on one thread  # below this, starting threads costs more than it saves
+# Multiply-adds below which a matmul stays on one thread: starting a thread (tens of us in a
+# VM) and each thread packing B again cost more than half the product saves.
+PARALLEL_MIN_FLOPS = 1 << 24
 INLINE_MAX_KERNELS = 8  # more kernels than this stay separate functions
 # Past this many math calls in a module, each math function is one out-of-line copy with
 # SIMD variants rather than inlined at every use: LLVM's time follows code size, and inlined
