@@ -417,23 +417,36 @@ def one_hot(labels, num_classes, dtype="float64"):
 
 
 def _append_axis(x):
+    """The reshape target that appends a size-1 axis: the shape plus 1, or for a Variable
+    with one open axis (None or named) its declaration with -1 there."""
     shape = np.shape(x) if not isinstance(x, Expr) else x.shape
+    if shape is None and isinstance(x, Expr) and x.op == "var" and x.attrs.get("shape"):
+        declared = x.attrs["shape"]
+        open_axes = [d for d in declared if not isinstance(d, int)]
+        if len(open_axes) == 1:
+            return tuple(-1 if not isinstance(d, int) else d for d in declared) + (1,)
     if shape is None:
-        raise GraphError("one_hot needs labels of known shape; declare the Variable's shape",
-                         locs=(user_loc(),))
+        raise GraphError("one_hot needs labels of known shape (or a Variable with at most one "
+                         "open axis); declare the Variable's shape", locs=(user_loc(),))
     return tuple(shape) + (1,)
 
 
-def cross_entropy(logits, labels, axis=-1):
+def cross_entropy(logits, labels, axis=-1, num_classes=None):
     """Mean negative log-likelihood of integer `labels` under softmax(`logits`), computed
-    through log_softmax so it stays finite for large logits."""
+    through log_softmax so it stays finite for large logits. `num_classes` (the size of
+    `axis`) is needed only when the logits' shape is not known while building, as with
+    open (None) sizes."""
     from .ops.nn import log_softmax
 
     shape = logits.shape if isinstance(logits, Expr) else np.shape(logits)
-    if shape is None:
-        raise GraphError("cross_entropy needs logits of known shape", locs=(user_loc(),))
-    picked = one_hot(labels, shape[axis], dtype=logits.dtype if isinstance(logits, Expr)
-                     else np.asarray(logits).dtype) * log_softmax(logits, axis=axis)
+    if num_classes is None:
+        if shape is None:
+            raise GraphError("cross_entropy needs logits of known shape, or num_classes=",
+                             locs=(user_loc(),), hint="pass num_classes=K with open sizes")
+        num_classes = shape[axis]
+    # where, not a product with a one-hot mask: the result keeps the logits' dtype, and a
+    # class with log-probability -inf that is not the label contributes 0, not nan.
+    picked = where(one_hot(labels, num_classes, dtype=bool), log_softmax(logits, axis=axis), 0.0)
     return -mean(sum(picked, axis=axis))
 
 

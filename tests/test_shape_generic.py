@@ -284,3 +284,25 @@ def test_control_flow_over_open_sizes_compiles_once():
         for got, want in zip(g(**inputs), sg.evaluate([last, per_step], **inputs)):
             assert_same(got, want, rtol=1e-12, atol=1e-12)
     assert f.cache_info().compilations == 1 and g.cache_info().compilations == 1
+
+
+def test_reshape_one_hot_and_cross_entropy_over_an_open_batch():
+    rng = np.random.default_rng(10)
+    x = sg.Variable("x", ("batch", 4), "float32")
+    y = sg.Variable("y", ("batch",), "int64")
+    w = sg.Variable("w", (4, 3), "float32")
+    flat = sg.reshape(x, (-1,)) * 2
+    pairs = sg.max_pool2d(sg.reshape(x, (-1, 1, 2, 2)), 2)
+    loss = sg.cross_entropy(x @ w, y, num_classes=3)
+    hot = sg.one_hot(y, 3, dtype="int32")
+    f = sg.compile([flat, pairs, loss, hot])
+    assert f.shape_generic
+    for n in (1, 5, 64, 0):
+        inputs = {"x": rng.standard_normal((n, 4)).astype("float32"),
+                  "y": rng.integers(0, 3, n), "w": rng.standard_normal((4, 3)).astype("float32")}
+        for got, want in zip(f(**inputs), sg.evaluate([flat, pairs, loss, hot], **inputs)):
+            assert got.dtype == want.dtype and got.shape == want.shape
+            assert_same(got, want, rtol=1e-5, atol=1e-6)
+    assert f.cache_info().compilations == 1
+    with pytest.raises(sg.GraphError, match="num_classes"):
+        sg.cross_entropy(x @ w, y)

@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from ..errors import IndexOutOfRange, ShapeError
+from ..shapes import Sym
 from .registry import Op, Typing, register
 
 
@@ -21,16 +22,21 @@ def _same_dtype(in_types):
 
 
 def resolve_reshape(in_shape, new_shape) -> tuple:
-    """numpy's reshape rule, with one -1 inferred."""
-    new_shape = tuple(int(d) for d in new_shape)
+    """numpy's reshape rule, with one -1 inferred. Sizes may be symbolic (shapes.Sym): a
+    resolved target keeps them, and -1 becomes the exact quotient of the element counts."""
+    new_shape = tuple(d if isinstance(d, Sym) else int(d) for d in new_shape)
     size = math.prod(in_shape)
-    if new_shape.count(-1) > 1 or any(d < -1 for d in new_shape):
+    fixed = [d for d in new_shape if not isinstance(d, Sym)]
+    if fixed.count(-1) > 1 or any(d < -1 for d in fixed):
         raise ShapeError(f"reshape: invalid target shape {new_shape}")
-    if -1 in new_shape:
-        known = math.prod(d for d in new_shape if d != -1)
-        if known == 0 or size % known:
+    if -1 in fixed:
+        known = math.prod(d for d in new_shape if isinstance(d, Sym) or d != -1)
+        if isinstance(known, int) and known == 0 or isinstance(size, int) and isinstance(
+                known, int) and size % known:
             raise ShapeError(f"reshape cannot infer -1 in {new_shape} for {size} elements")
-        new_shape = tuple(size // known if d == -1 else d for d in new_shape)
+        inferred = size // known
+        new_shape = tuple(inferred if not isinstance(d, Sym) and d == -1 else d
+                          for d in new_shape)
     if math.prod(new_shape) != size:
         raise ShapeError(
             f"reshape of shape {tuple(in_shape)} ({size} elements) into {new_shape} "
