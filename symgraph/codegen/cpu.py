@@ -45,6 +45,8 @@ def host_vector_bytes() -> int:
     return 64 if features.get("avx512f") else 32 if features.get("avx") else 16
 
 
+SLP_VECTORIZATION = False
+
 # Past this many instructions, loops are vectorized but not also interleaved and unrolled:
 # on large fused bodies that multiplies code size (and LLVM's time) for no measured gain.
 LARGE_MODULE_INSTRUCTIONS = 4_000
@@ -58,7 +60,11 @@ def optimize(module_ref, tm, llvm_ir: str, speed_level: int | None = None) -> No
         speed_level = 1 if size > 60_000 else 3
     pto = llvm.create_pipeline_tuning_options(speed_level=speed_level)
     pto.loop_vectorization = speed_level >= 2
-    pto.slp_vectorization = speed_level >= 2
+    # LLVM 22's SLP vectorizer miscompiles some small integer kernels (a floor division of
+    # a bool array by a broadcast int32 vector, found by the reliability harness; see
+    # tests/codegen/test_vectorize.py). symgraph's loops are vectorized by the loop
+    # vectorizer, and turning SLP off measured no slower.
+    pto.slp_vectorization = SLP_VECTORIZATION
     if size > LARGE_MODULE_INSTRUCTIONS:
         pto.loop_interleaving = False
         pto.loop_unrolling = False
@@ -78,7 +84,7 @@ class CodeLibrary:
     def __init__(self, ir_module, name: str, keep_stages: bool = False):
         initialize()
         self.name = name
-        self.llvm_ir = str(ir_module)
+        self.llvm_ir = ir_module if isinstance(ir_module, str) else str(ir_module)
         try:
             mod = llvm.parse_assembly(self.llvm_ir)
             mod.verify()

@@ -275,8 +275,11 @@ def lookup(key, name):
 
 
 def build(key, llvm_ir: str, name, meta) -> "ObjectLibrary":
-    """Compile `llvm_ir` for the host, load it, and store it under `key`."""
-    obj = compile_object(llvm_ir, cpu.target_machine())
+    """Compile `llvm_ir` for the host (in the compile worker when one is in use), load it,
+    and store it under `key`."""
+    from .worker import object_code
+
+    obj = object_code(llvm_ir) or compile_object(llvm_ir, cpu.target_machine())
     library = ObjectLibrary(obj, llvm_ir, name)
     write(key, obj, llvm_ir, meta)
     return library

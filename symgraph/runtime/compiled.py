@@ -339,6 +339,18 @@ class _CachedExecutable(Executable):
     pass_log = property(lambda self: self._result()[1])
     stages = property(lambda self: self._result()[2])
 
+def _code_library(module, name):
+    """Machine code for a module: compiled here, or by the compile worker once this process
+    has compiled many modules (see runtime/worker.py), then loaded here."""
+    from .worker import object_code
+
+    text = str(module)
+    obj = object_code(text)
+    if obj is not None:
+        return persistent_cache.ObjectLibrary(obj, text, name)
+    return CodeLibrary(text, name)
+
+
 def _add_python_entry(module: ir.Module, name: str) -> str:
     """A wrapper taking numpy array objects (the inputs, the outputs, the workspace, and for
     shape-generic code the size values): it reads their data pointers, so Python never
@@ -803,7 +815,7 @@ def fast({params}{', ' if params else ''}*, out=None):
                 meta = {"generic": GenericExecutable.layout_to_json(layout)}
                 library = persistent_cache.build(key, str(module), self.name, meta)
             else:
-                library = CodeLibrary(module, self.name)
+                library = _code_library(module, self.name)
         except Unify as exc:
             raise NotGeneric(f"sizes {exc} are compared after specialization") from None
         cfunc = signature(library.address(wrapper))
@@ -857,7 +869,7 @@ def fast({params}{', ' if params else ''}*, out=None):
                     "out_types": [[list(s), d.str] for s, d in out_types]}
             library = persistent_cache.build(key, str(module), self.name, meta)
         else:
-            library = CodeLibrary(module, self.name)
+            library = _code_library(module, self.name)
         if DUMP_DIR:
             from ..inspect import dump_compilation
 

@@ -89,3 +89,22 @@ def test_large_graphs_fix_the_vector_width():
     np.testing.assert_array_equal(f(data), sg.evaluate(x, a=data))
     small = sg.compile(a * 2 + 1, num_threads=1)
     assert "llvm.loop.vectorize.width" not in small.llvm_ir
+
+
+def test_small_integer_kernels_are_not_miscompiled():
+    """Found by the long reliability tier: with LLVM 22's SLP vectorizer on, this floor
+    division of a bool array by a broadcast int32 vector gave 0 instead of -1 in one lane
+    (compiled next to two unrelated kernels). symgraph keeps SLP vectorization off."""
+    x0 = sg.Variable("x0", (2, 3), "bool")
+    x1 = sg.Variable("x1", (2, 3), "int32")
+    x2 = sg.Variable("x2", (1, 3), "int64")
+    x6 = sg.Variable("x6", (3,), "int32")
+    pooled = sg.avg_pool2d(sg.reshape(x2.astype("float64"), (1, 1, 3, 1)), (2, 1))
+    outs = [pooled, x0 <= x1, x0 // x6]
+    inputs = {"x0": np.array([[True, True, True], [False, True, True]]),
+              "x1": np.zeros((2, 3), np.int32), "x2": np.array([[1, 2, 3]]),
+              "x6": np.array([-3, 16, -3], np.int32)}
+    for opt_level in (0, 2):
+        got = sg.compile(outs, opt_level=opt_level)(**inputs)
+        for g, w in zip(got, sg.evaluate(outs, **inputs)):
+            np.testing.assert_array_equal(g, w)
