@@ -34,6 +34,8 @@ def _mode() -> str:
     value = os.environ.get("SYMGRAPH_COMPILE_WORKER", "auto").strip().lower()
     if value in ("0", "off", "false", "no"):
         return "off"
+    if not os.path.basename(sys.executable or "").lower().startswith("python"):
+        return "off"  # an embedding host (not a python binary) cannot run the worker module
     if value in ("1", "on", "true", "yes", "always"):
         return "always"
     return "auto"
