@@ -438,3 +438,25 @@ def test_large_arrays_split_across_threads():
     assert_same(got[1], wants[1], kind="reduce", terms=1031)
     assert_same(got[2], wants[2], kind="reduce", terms=1031)
     assert_same(got[3], wants[3])
+
+
+def test_out_into_a_fresh_array_takes_the_fast_path():
+    a, b = sg.Variable("a", (10,), "float64"), sg.Variable("b", (10,), "float64")
+    f = sg.compile(b * a + 1)
+    x, y, o = np.arange(10.0), np.full(10, 2.0), np.empty(10)
+    f(x, y, out=o)
+    namespace = f._fast.__globals__
+    general = namespace["call"]
+
+    def refuse(*args):
+        raise AssertionError("took the general path")
+
+    namespace["call"] = refuse  # the dispatcher must not fall back for a plain out= array
+    try:
+        assert f(x, y, out=o) is o
+    finally:
+        namespace["call"] = general
+    np.testing.assert_array_equal(o, y * x + 1)
+    z = x.copy()  # out= overlapping an input: the general path computes it safely
+    assert f(z, y, out=z) is z
+    np.testing.assert_array_equal(z, y * x + 1)

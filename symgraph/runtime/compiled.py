@@ -666,7 +666,8 @@ class CompiledFunction:
     def _generate_fast_path(self):
         """A dispatcher with one parameter per input: Python binds the arguments, one tuple
         of (dtype, shape, strides) finds the specialization, and anything unusual (lists,
-        other strides, out=, a new signature) takes the general path."""
+        other strides, an out= that needs checking or copying, a new signature) takes the
+        general path."""
         names = self.inputs
         if any(keyword.iskeyword(n) or n in ("out", "self") for n in names) or len(names) > 200:
             return lambda *args, out=None, **kwargs: self._call(args, kwargs, out)
@@ -675,7 +676,7 @@ class CompiledFunction:
         key = "".join(f"{n}.dtype, {n}.shape, {n}.strides, " for n in names)
         n_out = len(self.structure.exprs)
         outs = [f"o{j}" for j in range(n_out)]
-        allocs = "\n".join(f"            o{j} = empty(*types[{j}])" for j in range(n_out))
+        allocs = "\n".join(f"                o{j} = empty(*types[{j}])" for j in range(n_out))
         kind = self.structure.kind
         if kind == "single":
             packed = "o0"
@@ -685,25 +686,41 @@ class CompiledFunction:
             packed = "[" + ", ".join(outs) + "]"
         else:
             packed = "(" + ", ".join(outs) + ",)"
+        arrays = f"({params}{',' if len(names) == 1 else ''})"
+        # A single output may also go straight into the caller's out= array when it is a
+        # fresh, writable C-contiguous array of the right type overlapping no input.
+        overlap = " or ".join(f"share(out, {n})" for n in names) or "False"
+        into_out = "" if kind != "single" else f"""
+            if (type(out) is ndarray and out.dtype == exe.out_types[0][1]
+                    and out.shape == exe.out_types[0][0] and out.flags.c_contiguous
+                    and out.flags.writeable and out.flags.aligned and not ({overlap})):
+                exe.hits += 1
+                ws = exe.workspace_bytes
+                ws = empty(ws, uint8) if ws else no_workspace
+                status = exe.cfunc({params}{', ' if params else ''}out, ws, *exe.extra)
+                if status:
+                    fail(status, exe, {arrays})
+                return out"""
         source = f"""
 def fast({params}{', ' if params else ''}*, out=None):
-    if out is None and {checks}:
+    if {checks}:
         exe = get(({key}))
         if exe is not None:
-            exe.hits += 1
-            types = exe.out_types
+            if out is None:
+                exe.hits += 1
+                types = exe.out_types
 {allocs}
-            ws = exe.workspace_bytes
-            ws = empty(ws, uint8) if ws else no_workspace
-            status = exe.cfunc({params}{', ' if params else ''}{', '.join(outs)}, ws, *exe.extra)
-            if status:
-                fail(status, exe, ({params}{',' if len(names) == 1 else ''}))
-            return {packed}
-    return call(({params}{',' if len(names) == 1 else ''}), {{}}, out)
+                ws = exe.workspace_bytes
+                ws = empty(ws, uint8) if ws else no_workspace
+                status = exe.cfunc({params}{', ' if params else ''}{', '.join(outs)}, ws, *exe.extra)
+                if status:
+                    fail(status, exe, {arrays})
+                return {packed}{into_out}
+    return call({arrays}, {{}}, out)
 """
         namespace = {"ndarray": np.ndarray, "empty": np.empty, "uint8": np.uint8,
                      "no_workspace": _NO_WORKSPACE, "get": self._specializations.get,
-                     "fail": _fail, "call": self._call}
+                     "fail": _fail, "call": self._call, "share": np.may_share_memory}
         exec(compile_source(source, f"<symgraph dispatcher {self.name}>", "exec"), namespace)
         return namespace["fast"]
 
