@@ -747,10 +747,12 @@ class _KernelBody:
         self.em.store(d["dtype"], self.value(root, idx), self.pointers[root],
                       self.em.linearize(idx, d["shape"]))
 
-    def _tile_epilogue(self, root):
-        """(callable, env) for gemm_function: the env holds this kernel's buffer pointers and
-        its first row; the callable calls a row function (noalias buffers, so its loop is
-        vectorized) on each row of a finished tile."""
+    def _tile_epilogue(self, root, index=None):
+        """(callable, env, word) for gemm_function. The env holds this kernel's buffer
+        pointers and one i64 `word` (slot pointer returned: the product's first row, or for
+        a convolution the image being computed); the callable calls a row function (noalias
+        buffers, so its loop is vectorized) on each row of a finished tile. `index(builder,
+        word, row, col)` maps a C element to the root's index (default: [word + row, col])."""
         b = self.b
         unique = []  # one parameter per distinct buffer (the product shares the root's)
         for node, pointer in self.pointers.items():
@@ -761,34 +763,36 @@ class _KernelBody:
         env = b.alloca(I64, size=ir.Constant(I64, len(unique) + 1), name="epilogue_env")
         for i, (_, pointer) in enumerate(unique):
             b.store(b.ptrtoint(pointer, I64), b.gep(env, [ir.Constant(I64, i)], source_etype=I64))
-        b.store(self.outer[0] if self.outer is not None else ir.Constant(I64, 0),
-                b.gep(env, [ir.Constant(I64, len(unique))], source_etype=I64))
+        word_slot = b.gep(env, [ir.Constant(I64, len(unique))], source_etype=I64)
+        b.store(self.outer[0] if self.outer is not None else ir.Constant(I64, 0), word_slot)
+        if index is None:
+            index = lambda rb, word, row, col: [rb.add(word, row), col]  # noqa: E731
 
         module = b.module
         row_fn = ir.Function(module, ir.FunctionType(
-            ir.VoidType(), [PTR] * len(unique) + [I64, I64, I64, PTR]),
+            ir.VoidType(), [PTR] * len(unique) + [I64, I64, I64, I64, PTR]),
             f"{b.function.name}.epilogue")
         row_fn.linkage = "internal"
         for arg in row_fn.args[:len(unique)]:
             arg.add_attribute("noalias")
-        *buffers, row, j0, count, status = row_fn.args
+        *buffers, word, row, j0, count, status = row_fn.args
         rb = ir.IRBuilder(row_fn.append_basic_block("entry"))
         body = _KernelBody(self.lowering, rb, self.members,
                            {node: buffers[param_of[node]] for node in self.pointers}, status)
         body.roots = [root]
-        emit_loop(rb, count, lambda c: body._epilogue_values(root, [row, rb.add(j0, c)]), "ej")
+        emit_loop(rb, count, lambda c: body._epilogue_values(
+            root, index(rb, word, row, rb.add(j0, c))), "ej")
         rb.ret_void()
 
         def apply(gb, env_arg, status_arg, i0, tile_j0, rows, cols):
             words = [gb.load(gb.gep(env_arg, [ir.Constant(I64, i)], source_etype=I64), typ=I64)
                      for i in range(len(unique) + 1)]
             pointers = [gb.inttoptr(w, PTR) for w in words[:-1]]
-            first = gb.add(words[-1], i0)
             width = ir.Constant(I64, cols) if isinstance(cols, int) else cols
             emit_loop(gb, rows, lambda r: gb.call(
-                row_fn, pointers + [gb.add(first, r), tile_j0, width, status_arg]), "er")
+                row_fn, pointers + [words[-1], gb.add(i0, r), tile_j0, width, status_arg]), "er")
 
-        return apply, env
+        return apply, env, word_slot
 
     # value of `node` at index `idx` (a list in node's shape, or a _Flat)
     def value(self, node, idx):
@@ -1115,7 +1119,7 @@ class _KernelBody:
         ptr = self.pointers[root]
         a_dtype, b_dtype = g.nodes[a]["dtype"], g.nodes[bb]["dtype"]
         operands_ready = a not in self.members and bb not in self.members
-        tile_epilogue = (self._tile_epilogue(self.epilogue_root)
+        tile_epilogue = (self._tile_epilogue(self.epilogue_root)[:2]
                          if self.epilogue_root is not None and not batch else None)
         if self.epilogue_root is not None:
             self.epilogue_done = not batch  # both paths below apply it, tile or row

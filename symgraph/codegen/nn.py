@@ -174,10 +174,17 @@ def lower_conv(kernel, root):
     if og < DIRECT_MAX_GROUP_CHANNELS:
         _direct_conv(kernel, root)
         return
+    epilogue = None
+    if kernel.epilogue_root is not None and groups == 1:
+        # The elementwise ops after the convolution run on each finished GEMM tile: C's
+        # row is the output channel, its column the output pixel (oy, ox) of image `word`.
+        epilogue = kernel._tile_epilogue(kernel.epilogue_root, lambda rb, word, row, col: [
+            word, row, rb.udiv(col, _c(ow)), rb.urem(col, _c(ow))])
+        kernel.epilogue_done = True
     fn = gemm_function(
         b.module, f"{b.function.name}.gemm", dtype, dense_loader(w_dtype, dtype, k),
         Im2colLoader(x_dtype, dtype, h, w, kh, kw, attrs["stride"], attrs["padding"],
-                     attrs["dilation"], ow))
+                     attrs["dilation"], ow), epilogue=epilogue[0] if epilogue else None)
 
     def at(ptr, elem_dtype, offset):
         return b.gep(ptr, [offset], source_etype=memory_type(elem_dtype), inbounds=True)
@@ -187,8 +194,12 @@ def lower_conv(kernel, root):
         a_ptr = at(kernel.pointers[wt], w_dtype, b.mul(gi, _c(og * k)))
         x_off = b.mul(b.add(b.mul(ni, _c(c)), b.mul(gi, _c(cg))), _c(h * w))
         c_off = b.mul(b.add(b.mul(ni, _c(o)), b.mul(gi, _c(og))), _c(p))
+        extra = []
+        if epilogue is not None:
+            b.store(ni, epilogue[2])  # the image this GEMM computes, for the epilogue
+            extra = [epilogue[1]]
         b.call(fn, [a_ptr, at(kernel.pointers[x], x_dtype, x_off), at(out, dtype, c_off),
-                    _c(og), _c(p), _c(k), em.status_ptr])
+                    _c(og), _c(p), _c(k), em.status_ptr] + extra)
 
     emit_nest(b, (n, groups), one, "conv", outer=kernel.outer)  # threads split the images
 

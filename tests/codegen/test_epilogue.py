@@ -77,6 +77,7 @@ def test_conv_with_bias_and_relu(num_threads):
             RNG.standard_normal((16, 1, 1)).astype("float32"))
     f = sg.compile(y, num_threads=num_threads)
     assert len(_kernels(f)) == 1
+    assert ".epilogue" in f.llvm_ir  # applied per GEMM tile, not in a pass afterwards
     assert f(*data).tobytes() == sg.compile(y, opt_level=0)(*data).tobytes()
 
 
