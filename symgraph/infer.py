@@ -80,13 +80,21 @@ def check_input(name, declared_shape, declared_dtype, shape, dtype, loc):
 def specialize(g, signature: dict):
     """A typed copy of graph `g` for inputs of the given {name: (shape, dtype)}."""
     g = copy_graph(g)
+    named = {}  # size name -> (size, input) of its first appearance
     for n in topo_order(g):
         d = g.nodes[n]
         if d["op"] == "var":
             name = d["attrs"]["name"]
             shape, dtype = signature[name]
-            check_input(name, d["attrs"].get("shape"), d["attrs"].get("dtype"), shape, dtype,
-                        d["loc"][0] if d["loc"] else None)
+            loc = d["loc"][0] if d["loc"] else None
+            check_input(name, d["attrs"].get("shape"), d["attrs"].get("dtype"), shape, dtype, loc)
+            for want, got in zip(d["attrs"].get("shape") or (), shape):
+                if isinstance(want, str) and isinstance(got, int):
+                    first = named.setdefault(want, (got, name))
+                    if first[0] != got:
+                        raise ShapeError(f"size {want!r} is {first[0]} in input {first[1]!r} "
+                                         f"but {got} in input {name!r}", locs=(loc,),
+                                         hint="axes declared with one size name must agree")
             d["shape"], d["dtype"] = tuple(shape), np.dtype(dtype)
             continue
         if d["op"] == "scalar":

@@ -306,3 +306,12 @@ def test_reshape_one_hot_and_cross_entropy_over_an_open_batch():
     assert f.cache_info().compilations == 1
     with pytest.raises(sg.GraphError, match="num_classes"):
         sg.cross_entropy(x @ w, y)
+
+
+def test_named_sizes_that_disagree_are_an_error_naming_both_inputs():
+    x = sg.Variable("x", ("batch", 3), "float64")
+    y = sg.Variable("y", ("batch",), "float64")
+    f = sg.compile(sg.sum(x, axis=1) + y)
+    with pytest.raises(sg.ShapeError, match="'batch' is 4 in input 'x' but 1 in input 'y'") as info:
+        f(np.ones((4, 3)), np.ones(1))
+    assert "test_shape_generic.py" in str(info.value)
