@@ -128,7 +128,9 @@ def specialize_generic(g, declared: dict):
     where each shape entry is an int, None (an axis of its own) or a size name.
 
     Returns (graph, input_shapes): the inputs' shapes with Sym entries after unification,
-    which every call must match. Raises NotGeneric when the graph needs concrete sizes.
+    which every call must match; the graph's "symbols" attribute lists the size symbols in
+    the order code receives their values. Raises NotGeneric when the graph needs concrete
+    sizes.
     """
     from .shapes import NotGeneric, Sym, Unify, substitute, unifying
 
@@ -153,8 +155,18 @@ def specialize_generic(g, declared: dict):
             continue
         except SymgraphError as exc:
             raise NotGeneric(f"needs concrete sizes: {exc}") from None
-        return typed, {name: shape for name, (shape, _) in signature.items()}
+        shapes = {name: shape for name, (shape, _) in signature.items()}
+        typed.graph["symbols"] = sorted({s for shape in shapes.values() for d in shape
+                                         if isinstance(d, Sym) for s in d.symbols()})
+        return typed, shapes
     raise NotGeneric("too many size constraints")
+
+
+def specialize_open(g, signature: dict):
+    """`specialize` when every size is given, else `specialize_generic`'s graph."""
+    if all(isinstance(d, int) for shape, _ in signature.values() for d in shape):
+        return specialize(g, signature)
+    return specialize_generic(g, signature)[0]
 
 
 def _resolve_weak_operands(g, n, typing, op):

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import Loc, SerializationError
 from .graph import new_graph, topo_order, type_str
-from .shapes import NotGeneric, Sym, Unify
+from .shapes import Sym
 
 SCHEMA = "symgraph.graph"
 SCHEMA_VERSION = 1
@@ -45,25 +45,17 @@ def trace(template, signature, passes, *, verify=False) -> Trace:
     """Specialize the untyped `template` graph for {name: (shape, dtype)} and run `passes`.
     Open sizes (None or named axes) stay symbolic, as compile() keeps them; a graph that
     needs concrete sizes there raises NotGeneric."""
-    from .infer import specialize, specialize_generic
+    from .infer import specialize_open
     from .passes import run_passes
 
     t = Trace()
-    if all(isinstance(d, int) for shape, _ in signature.values() for d in shape):
-        g = specialize(template, signature)
-    else:
-        g, shapes = specialize_generic(template, signature)
-        g.graph["symbols"] = sorted({s for shape in shapes.values() for d in shape
-                                     if isinstance(d, Sym) for s in d.symbols()})
+    g = specialize_open(template, signature)
     t.stages["input"] = g
 
     def on_stage(name, graph):
         t.stages[name] = graph
 
-    try:
-        g, t.log = run_passes(g, passes, verify=verify, on_stage=on_stage)
-    except Unify as exc:
-        raise NotGeneric(f"sizes {exc} are compared after specialization") from None
+    g, t.log = run_passes(g, passes, verify=verify, on_stage=on_stage)
     t.stages["final"] = g
     return t
 

@@ -233,8 +233,17 @@ def from_json(value):
     return int(value)
 
 
+def derived_sizes(g) -> list:
+    """The composite sizes in a typed graph's shapes (h - 2 after an unpadded 3x3
+    convolution, say): some values of the symbols make them negative, which a call must
+    refuse before any code runs. Sorted by their text, so the order is repeatable."""
+    found = {d for _, data in g.nodes(data=True) if not isinstance(data["dtype"], tuple)
+             for d in data["shape"] if isinstance(d, Sym) and not d.is_symbol()}
+    return sorted(found, key=repr)
+
+
 def is_symbolic(shape) -> bool:
     return any(isinstance(d, Sym) for d in shape)
 
 
-__all__ = ["NotGeneric", "Sym", "Unify", "evaluate", "is_symbolic", "substitute", "unifying"]
+__all__ = ["NotGeneric", "Sym", "Unify", "derived_sizes", "evaluate", "is_symbolic", "substitute", "unifying"]

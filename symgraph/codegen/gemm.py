@@ -85,7 +85,8 @@ def _min(b, x, y):
     return b.select(b.icmp_signed("<", x, y), x, y)
 
 
-def _aligned(b, raw, align=64):
+def align_pointer(b, raw, align=64):
+    """`raw` rounded up to a multiple of `align` bytes."""
     addr = b.add(b.ptrtoint(raw, I64), _const(align - 1))
     return b.inttoptr(b.and_(addr, _const(-align)), PTR)
 
@@ -134,8 +135,8 @@ def gemm_function(module, name, dtype, load_a, load_b, vector_bytes=None, epilog
     exit_bb = b.append_basic_block("gemm.exit")
     b.cbranch(fail, exit_bb, body_bb)
     b.position_at_end(body_bb)
-    pack_b = _aligned(b, raw)
-    pack_a = _aligned(b, b.gep(pack_b, [b_bytes], source_etype=ir.IntType(8)))
+    pack_b = align_pointer(b, raw)
+    pack_a = align_pointer(b, b.gep(pack_b, [b_bytes], source_etype=ir.IntType(8)))
     tile = b.alloca(ty, size=_const(mr * nr), name="edge_tile")
     if hasattr(load_b, "setup"):
         load_b.setup(em, nr)

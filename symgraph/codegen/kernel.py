@@ -25,7 +25,7 @@ from ..ops import get_op
 from ..ops.control import ERR_MAX_ITERS, control_layout
 from ..ops.indexing import ERR_INDEX_OUT_OF_RANGE
 from .emit import I8, I32, I64, PTR, Emitter, memory_type, register_type
-from .gemm import GEMM_MIN_ROWS, GEMM_MIN_WORK, emit_matmul, folded_rows, uses_gemm
+from .gemm import GEMM_MIN_ROWS, GEMM_MIN_WORK, align_pointer, emit_matmul, folded_rows, uses_gemm
 from ..shapes import NotGeneric, Sym
 from .loops import bind_sizes, emit_loop, emit_nest, size_value
 from .nn import lower_conv, lower_pool
@@ -264,10 +264,7 @@ class GraphLowering:
 
     def _aligned_if_symbolic(self, b, pointer):
         """With symbolic sizes every region reserves ALIGN spare bytes: round its start up."""
-        if not self.symbols:
-            return pointer
-        address = b.add(b.ptrtoint(pointer, I64), ir.Constant(I64, 63))
-        return b.inttoptr(b.and_(address, ir.Constant(I64, -64)), PTR)
+        return align_pointer(b, pointer) if self.symbols else pointer
 
     def _call_body(self, b, fn, args, status, fail_bb):
         code = b.call(fn, args + self._dims_arg(b.function))
@@ -494,7 +491,6 @@ class GraphLowering:
         exact.attributes.add("optnone")
         eb = ir.IRBuilder(exact.append_basic_block("entry"))
         if self.symbols:
-            exact._symgraph_sizes = None
             n_buffers = len(kernel.pointers)
             bind_sizes(eb, exact.args[n_buffers + 1], self.symbols)
         copy = _KernelBody(self, eb, kernel.members, {p: exact.args[i] for i, p in enumerate(
@@ -731,14 +727,8 @@ class _KernelBody:
             self._epilogue_pass(root)
 
     def _epilogue_pass(self, root):
-        d, em = self.g.nodes[root], self.em
-
-        def body(idx):
-            self.memo.clear()
-            em.store(d["dtype"], self.value(root, idx), self.pointers[root],
-                     em.linearize(idx, d["shape"]))
-
-        emit_nest(self.b, d["shape"], body, "ep", outer=self.outer)
+        emit_nest(self.b, self.g.nodes[root]["shape"],
+                  lambda idx: self._epilogue_values(root, idx), "ep", outer=self.outer)
 
     def _epilogue_values(self, root, idx):
         """Store the root's value at output index idx (the product read from the buffer)."""

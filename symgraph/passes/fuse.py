@@ -37,7 +37,7 @@ PRODUCTS = ("matmul", "conv")  # ops that can take an elementwise epilogue
 def epilogue_ok(g, n, root, members) -> bool:
     """Whether product node `n` can join the elementwise kernel rooted at `root` (members
     so far): the kernel loops over exactly n's output, in n's dtype, and holds nothing but
-    elementwise ops (and at most this one product)."""
+    elementwise ops (so no other product)."""
     d, r = g.nodes[n], g.nodes[root]
     if d["op"] == "matmul" and len(d["shape"]) != 2:
         return False  # batched products keep their own kernel
@@ -83,8 +83,7 @@ def assign_kernels(g, *, inline: bool):
             members[k].append(n)
             inlined += 1
         elif (inline and epilogues_allowed and n not in outputs and kind in PRODUCTS
-              and len(users) == 1 and None not in user_kernels and not any(
-                  get_op(g.nodes[m]["op"]).kind in PRODUCTS for m in members[kernel_of[users[0]]])
+              and len(users) == 1 and None not in user_kernels
               and epilogue_ok(g, n, kernel_of[users[0]], members[kernel_of[users[0]]])):
             k = kernel_of[users[0]]
             kernel_of[n] = k
@@ -98,9 +97,8 @@ def assign_kernels(g, *, inline: bool):
     # Number kernels by their root's position in topological order: a valid schedule.
     position = {n: i for i, n in enumerate(order)}
     roots = sorted(set(kernel_of.values()), key=position.__getitem__)
-    with_product = {k for k, ms in members.items()
-                    if k in kernel_of.values() and len(ms) > 1
-                    and any(get_op(g.nodes[m]["op"]).kind in PRODUCTS for m in ms)}
+    with_product = {k for k, ms in members.items()  # ms[0] is the kernel's root
+                    if any(get_op(g.nodes[m]["op"]).kind in PRODUCTS for m in ms[1:])}
     group = (_merge_siblings(g, roots, weight, with_product) if inline
              else list(range(len(roots))))
     number = {root: group[i] for i, root in enumerate(roots)}

@@ -69,15 +69,34 @@ def plan(g, *, reuse: bool):
     g = copy_graph(g)
     nodes = materialized_intermediates(g)
     ranges = live_ranges(g, nodes)
-    if any(isinstance(buffer_bytes(g, n), Sym) for n in nodes):
-        return _plan_symbolic(g, nodes, ranges, reuse)
+    needed = {n: buffer_bytes(g, n) for n in nodes}
+    if any(isinstance(b, Sym) for b in needed.values()):
+        # Symbolic sizes (one compilation for all sizes): each region reserves ALIGN bytes
+        # more than it needs, so code can round its start up to ALIGN at run time.
+        sizes = {n: b + ALIGN for n, b in needed.items()}
+        top, offsets = _place_same_size(nodes, ranges, sizes, reuse)
+    else:
+        sizes = {n: _aligned(b) for n, b in needed.items()}
+        top, offsets = _place_best_fit(nodes, ranges, sizes, reuse)
+    buffers = {}  # offset -> buffer number, for reporting
+    for n in nodes:
+        g.nodes[n]["offset"] = offsets[n]
+        g.nodes[n]["buffer"] = buffers.setdefault(offsets[n], len(buffers))
+    no_reuse = sum(sizes.values(), 0)
+    g.graph["workspace_bytes"] = top
+    g.graph["memory_plan"] = {"peak_bytes": top, "no_reuse_bytes": no_reuse,
+                              "num_buffers": len(buffers), "intermediates": len(nodes)}
+    return g, {"bytes_saved": no_reuse - top, "buffers": len(buffers)}
+
+
+def _place_best_fit(nodes, ranges, sizes, reuse):
+    """(workspace size, {node: offset}): freed space is taken again, best fit first."""
     # free: [(offset, size)]; active: a heap of (last reader, offset, size), so each kernel
     # releases what died before it without rescanning everything still live.
-    free, active, top = [], [], 0
-    buffers = {}  # (offset, size) -> buffer number, for reporting
+    free, active, top, offsets = [], [], 0, {}
     for n in nodes:
         start, end = ranges[n]
-        size = _aligned(buffer_bytes(g, n))
+        size = sizes[n]
         if reuse:
             # Space whose last reader ran before this kernel can be taken again.
             while active and active[0][0] < start:
@@ -98,26 +117,18 @@ def plan(g, *, reuse: bool):
             slot = (top, size)
             top += size
         heapq.heappush(active, (end, slot[0], slot[1]))
-        g.nodes[n]["offset"] = slot[0]
-        g.nodes[n]["buffer"] = buffers.setdefault(slot[0], len(buffers))
-    no_reuse = sum(_aligned(buffer_bytes(g, n)) for n in nodes)
-    g.graph["workspace_bytes"] = top
-    g.graph["memory_plan"] = {"peak_bytes": top, "no_reuse_bytes": no_reuse,
-                              "num_buffers": len(buffers), "intermediates": len(nodes)}
-    return g, {"bytes_saved": no_reuse - top, "buffers": len(buffers)}
+        offsets[n] = slot[0]
+    return top, offsets
 
 
-def _plan_symbolic(g, nodes, ranges, reuse):
-    """The plan when sizes are symbolic (one compilation for all sizes): offsets are
-    polynomials in the size symbols, each region reserves ALIGN bytes more than it needs so
-    code can round its start up to ALIGN at run time, and a dead buffer is reused only by
-    one of the very same size (sizes whose order depends on the symbols cannot be
-    compared)."""
-    free, active, top, seq = {}, [], 0, 0
-    buffers = {}
-    for n in nodes:
+def _place_same_size(nodes, ranges, sizes, reuse):
+    """(workspace size, {node: offset}) when sizes are polynomials in the size symbols:
+    a dead region is reused only by a buffer of the very same size (sizes whose order
+    depends on the symbols cannot be compared)."""
+    free, active, top, offsets = {}, [], 0, {}
+    for seq, n in enumerate(nodes):
         start, end = ranges[n]
-        size = buffer_bytes(g, n) + ALIGN
+        size = sizes[n]
         if reuse:
             while active and active[0][0] < start:
                 _, _, offset, length = heapq.heappop(active)
@@ -128,14 +139,8 @@ def _plan_symbolic(g, nodes, ranges, reuse):
         else:
             offset, top = top, top + size
         heapq.heappush(active, (end, seq, offset, size))
-        seq += 1
-        g.nodes[n]["offset"] = offset
-        g.nodes[n]["buffer"] = buffers.setdefault(offset, len(buffers))
-    no_reuse = sum((buffer_bytes(g, n) + ALIGN for n in nodes), 0)
-    g.graph["workspace_bytes"] = top
-    g.graph["memory_plan"] = {"peak_bytes": top, "no_reuse_bytes": no_reuse,
-                              "num_buffers": len(buffers), "intermediates": len(nodes)}
-    return g, {"bytes_saved": no_reuse - top, "buffers": len(buffers)}
+        offsets[n] = offset
+    return top, offsets
 
 
 def _coalesce(free):

@@ -38,7 +38,7 @@ from ..errors import (
 from ..frontend import Expr, find_variables, to_graph
 from ..graph import to_text
 from ..infer import check_input, specialize, specialize_generic
-from ..shapes import NotGeneric, Sym, Unify
+from ..shapes import NotGeneric, Sym, derived_sizes
 from ..shapes import evaluate as evaluate_size
 from ..shapes import from_json as size_from_json
 from ..shapes import to_json as size_to_json
@@ -250,15 +250,12 @@ class GenericExecutable:
     @staticmethod
     def layout(g):
         """What a call needs besides the code: output types and workspace size (in the size
-        symbols), and the sizes the rules derived (h - 2 for an unpadded 3x3 convolution,
-        say) that some inputs would make negative: such calls get concrete code, and its
-        error."""
+        symbols), and the derived sizes (shapes.derived_sizes) that some inputs would make
+        negative: such calls get concrete code, and its error."""
         return {"out_types": [(g.nodes[o]["shape"], g.nodes[o]["dtype"])
                               for o in g.graph["outputs"]],
                 "workspace": g.graph.get("workspace_bytes", 0),
-                "derived": {d for n in g.nodes if not isinstance(g.nodes[n]["dtype"], tuple)
-                            for d in g.nodes[n]["shape"]
-                            if isinstance(d, Sym) and not d.is_symbol()}}
+                "derived": derived_sizes(g)}
 
     @staticmethod
     def layout_to_json(layout):
@@ -272,7 +269,7 @@ class GenericExecutable:
         return {"out_types": [(tuple(size_from_json(d) for d in shape), np.dtype(dtype))
                               for shape, dtype in meta["out_types"]],
                 "workspace": size_from_json(meta["workspace"]),
-                "derived": {size_from_json(d) for d in meta["derived"]}}
+                "derived": [size_from_json(d) for d in meta["derived"]]}
 
     def bind(self, arrays):
         """{symbol: size} for these arrays, or None when they break a constraint (an axis
@@ -305,11 +302,7 @@ class _BoundShape:
         self.check_sites = generic.exe.check_sites
         self.out_types = [(tuple(evaluate_size(d, values) for d in shape), dtype)
                           for shape, dtype in generic.out_types]
-        need = sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in self.out_types)
-        if need > _physical_memory():
-            raise OutOfMemory(f"the outputs of this call need {need / 2**30:.1f} GiB (shapes "
-                              f"{', '.join(str(s) for s, _ in self.out_types)}), more than "
-                              "this machine's memory")
+        _check_output_memory(self.out_types)
         self.workspace_bytes = evaluate_size(generic.workspace, values)
         self.cfunc = generic.exe.cfunc
         self.extra = (np.array([values[s] for s in generic.symbols], dtype=np.int64),)
@@ -398,12 +391,14 @@ def _physical_memory() -> int:
 
 def _check_call_memory(g):
     """Refuse, before any allocation, a call whose outputs alone exceed physical memory."""
-    from ..graph import nbytes
+    _check_output_memory([(g.nodes[o]["shape"], g.nodes[o]["dtype"]) for o in g.graph["outputs"]
+                          if not isinstance(g.nodes[o]["dtype"], tuple)])
 
-    need = sum(nbytes(g.nodes[o]) for o in g.graph["outputs"]
-               if not isinstance(g.nodes[o]["dtype"], tuple))
+
+def _check_output_memory(out_types):
+    need = sum(math.prod(shape) * np.dtype(dtype).itemsize for shape, dtype in out_types)
     if need > _physical_memory():
-        shapes = ", ".join(str(g.nodes[o]["shape"]) for o in g.graph["outputs"])
+        shapes = ", ".join(str(shape) for shape, _ in out_types)
         raise OutOfMemory(f"the outputs of this call need {need / 2**30:.1f} GiB (shapes "
                           f"{shapes}), more than this machine's memory",
                           hint="check the input shapes: broadcasting may have made them huge")
@@ -804,11 +799,9 @@ def fast({params}{', ' if params else ''}*, out=None):
         declared = {name: (v.attrs["shape"], np.dtype(dtype))
                     for name, v, dtype in zip(self.inputs, self.variables, dtypes)}
         g, input_shapes = specialize_generic(self._template, declared)
-        symbols = sorted({s for shape in input_shapes.values() for d in shape
-                          if isinstance(d, Sym) for s in d.symbols()})
+        symbols = g.graph["symbols"]
         if not symbols:
             raise NotGeneric("every axis has a fixed size")
-        g.graph["symbols"] = symbols
         shapes = [input_shapes[name] for name in self.inputs]
         n_args = len(self.inputs) + len(g.graph["outputs"]) + 2
         signature = ctypes.CFUNCTYPE(ctypes.c_int32, *([ctypes.py_object] * n_args))
@@ -824,17 +817,14 @@ def fast({params}{', ' if params else ''}*, out=None):
                 exe = _CachedExecutable(lambda: self._optimize(g), library, cfunc,
                                         layout["out_types"], layout["workspace"])
                 return GenericExecutable(exe, shapes, symbols, layout)
-        try:
-            g, log, stages = self._optimize(g)
-            module, wrapper, check_sites = self._lower(g)
-            layout = GenericExecutable.layout(g)
-            if key is not None:
-                meta = {"generic": GenericExecutable.layout_to_json(layout)}
-                library = persistent_cache.build(key, str(module), self.name, meta)
-            else:
-                library = _code_library(module, self.name)
-        except Unify as exc:
-            raise NotGeneric(f"sizes {exc} are compared after specialization") from None
+        g, log, stages = self._optimize(g)
+        module, wrapper, check_sites = self._lower(g)
+        layout = GenericExecutable.layout(g)
+        if key is not None:
+            meta = {"generic": GenericExecutable.layout_to_json(layout)}
+            library = persistent_cache.build(key, str(module), self.name, meta)
+        else:
+            library = _code_library(module, self.name)
         cfunc = signature(library.address(wrapper))
         exe = Executable(g, log, library, cfunc, layout["out_types"], stages)
         exe.check_sites = check_sites

@@ -22,8 +22,8 @@ import numpy as np
 from ..codegen import cpu as cpu_target
 from ..codegen.kernel import lower_graph
 from ..errors import ArgumentError, CompileError
-from ..infer import specialize, specialize_generic
-from ..shapes import NotGeneric, Sym
+from ..infer import specialize_open
+from ..shapes import NotGeneric, Sym, derived_sizes
 from ..shapes import substitute as size_substitute
 from ..passes import run_passes
 from .cache import compile_object
@@ -94,25 +94,17 @@ def _final_graph(f):
                                 f"{name!r} has shape={shape}, dtype={dtype}", locs=(v.loc,),
                                 hint=f"Variable({name!r}, shape=(...), dtype='float64')")
         types.append((tuple(shape), np.dtype(dtype)))
-    signature = dict(zip(f.inputs, types))
-    symbols = []
-    if all(isinstance(d, int) for shape, _ in types for d in shape):
-        g = specialize(f._template, signature)
-    else:
-        try:
-            g, input_shapes = specialize_generic(f._template, signature)
-        except NotGeneric as exc:
-            raise ArgumentError(f"this graph cannot be exported with open sizes: {exc}",
-                                hint="declare every size") from None
-        symbols = sorted({s for shape in input_shapes.values() for d in shape
-                          if isinstance(d, Sym) for s in d.symbols()})
-        g.graph["symbols"] = symbols
     try:
+        g = specialize_open(f._template, dict(zip(f.inputs, types)))
         g, _ = run_passes(g, f.passes, verify=f.verify)
     except NotGeneric as exc:
-        raise ArgumentError(f"this graph cannot be exported with open sizes: {exc}",
-                            hint="declare every size") from None
-    return g, symbols
+        raise _needs_sizes(exc) from None
+    return g, list(g.graph.get("symbols", ()))
+
+
+def _needs_sizes(exc):
+    return ArgumentError(f"this graph cannot be exported with open sizes: {exc}",
+                         hint="declare every size")
 
 
 def c_compiler():
@@ -137,8 +129,7 @@ def export(f, directory, name=None, cpu=None):
         module = lower_graph(g, kernel, _math_impl())
         ir_text = str(module)
     except NotGeneric as exc:
-        raise ArgumentError(f"this graph cannot be exported with open sizes: {exc}",
-                            hint="declare every size") from None
+        raise _needs_sizes(exc) from None
     try:
         tm = cpu_target.target_machine(cpu_name, features)
     except RuntimeError as exc:
@@ -158,11 +149,7 @@ def export(f, directory, name=None, cpu=None):
         taken |= {label, f"{label}_count"}
         outs.append((label, g.nodes[k]["shape"], g.nodes[k]["dtype"]))
     workspace = g.graph.get("workspace_bytes", 0)
-    # Sizes that must not come out negative for the given size values (an output or an
-    # intermediate smaller than a kernel, say): checked before anything runs.
-    derived = sorted({d for n in g.nodes if not isinstance(g.nodes[n]["dtype"], tuple)
-                      for d in g.nodes[n]["shape"] if isinstance(d, Sym) and not d.is_symbol()},
-                     key=repr)
+    derived = derived_sizes(g)  # checked before anything runs
 
     os.makedirs(directory, exist_ok=True)
     header = _header(name, ins, outs, cpu_name, sizes)
