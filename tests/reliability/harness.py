@@ -25,6 +25,7 @@ import ctypes
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -509,15 +510,21 @@ def has_gpu():
         return False
 
 
-def check_many(seeds, n_graphs=40, **options):
+def check_many(seeds, n_graphs=40, progress=None, **options):
+    """check_batch over one batch per seed; `progress`, a stream, gets a line every 100
+    batches (the long tier runs for an hour or more)."""
     total = Result()
+    t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in seeds:
+        for i, seed in enumerate(seeds):
             opts = dict(options)
             batch = make_batch(seed, n_graphs)
             if opts.pop("export", False):
                 opts["export_dir"] = tmp
             total.add(check_batch(batch, **opts))
+            if progress is not None and (i + 1) % 100 == 0:
+                print(f"  {total.graphs} graphs, {len(total.failures)} mismatches, "
+                      f"{time.time() - t0:.0f} s", file=progress, flush=True)
     return total
 
 

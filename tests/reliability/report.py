@@ -23,16 +23,28 @@ LONG = os.environ.get("SYMGRAPH_LONG", "") not in ("", "0")
 
 def main():
     t0 = time.time()
-    n = 100_000 if LONG else 2_000
-    r = harness.check_many(range(n // 40), 40)
-    print(f"graphs, compiled vs interpreter:        {r.graphs:>8}  mismatches {len(r.failures)}")
-    m = 100_000 if LONG else 200
-    r = harness.check_many(range(1000, 1000 + m // 40), 40, ablations=True, round_trip=True,
-                           opt_levels=(0, 2))
-    print(f"graphs, every pass ablation + round trip:{r.graphs:>7}  mismatches {len(r.failures)}"
-          f"  ({r.comparisons} comparisons)")
-    r = harness.check_many([2000], 12, export=True)
-    print(f"graphs through the exported library:    {r.graphs:>8}  mismatches {len(r.failures)}")
+    if LONG:
+        # Every check on every graph: compiled at opt_level 0 and 2 vs the interpreter, each
+        # pass switched off alone, the save/load round trip, the exported library, the GPU.
+        n = int(os.environ.get("SYMGRAPH_LONG_GRAPHS", "100000"))
+        r = harness.check_many(range(10_000, 10_000 + n // 40), 40, ablations=True,
+                               round_trip=True, opt_levels=(0, 2), export=True,
+                               gpu=harness.has_gpu(), progress=sys.stderr)
+        print(f"graphs, every check (opt_level 0 and 2, each pass off, round trip, export):"
+              f" {r.graphs}  mismatches {len(r.failures)}  ({r.comparisons} comparisons)")
+        for line in r.failures[:20]:
+            print("    " + line)
+    else:
+        r = harness.check_many(range(50), 40)
+        print(f"graphs, compiled vs interpreter:        {r.graphs:>8}  mismatches "
+              f"{len(r.failures)}")
+        r = harness.check_many(range(1000, 1005), 40, ablations=True, round_trip=True,
+                               opt_levels=(0, 2))
+        print(f"graphs, every pass ablation + round trip:{r.graphs:>7}  mismatches "
+              f"{len(r.failures)}  ({r.comparisons} comparisons)")
+        r = harness.check_many([2000], 12, export=True)
+        print(f"graphs through the exported library:    {r.graphs:>8}  mismatches "
+              f"{len(r.failures)}")
     print(f"GPU: {'checked' if harness.has_gpu() else 'no CUDA device, not checked'}")
     caught = [hunt(name) for name in BUGS]
     print(f"planted bugs caught:                    {sum(c['caught'] for c in caught)}/{len(BUGS)}")
