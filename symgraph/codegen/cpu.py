@@ -52,10 +52,12 @@ SLP_VECTORIZATION = False
 LARGE_MODULE_INSTRUCTIONS = 4_000
 
 
-def optimize(module_ref, tm, llvm_ir: str, speed_level: int | None = None) -> None:
-    """Run LLVM's standard pipeline with loop and SLP vectorization on; the effort follows
-    the module's size (counted in `llvm_ir`, its text) unless `speed_level` is given."""
-    size = ir_size(llvm_ir)
+def optimize(module_ref, tm, llvm_ir: str, speed_level: int | None = None,
+             size: int | None = None) -> None:
+    """Run LLVM's standard pipeline with loop vectorization on; the effort follows the
+    module's size (instructions in `llvm_ir`, its text, or `size`: that of the whole module
+    this text is a part of) unless `speed_level` is given."""
+    size = ir_size(llvm_ir) if size is None else size
     if speed_level is None:
         speed_level = 1 if size > 60_000 else 3
     pto = llvm.create_pipeline_tuning_options(speed_level=speed_level)
@@ -76,6 +78,18 @@ def ir_size(llvm_ir: str) -> int:
     """Instructions in a module, counted in its text: walking them through the FFI one by
     one, or printing a parsed module again, costs more than the count is worth."""
     return llvm_ir.count("\n  ")
+
+
+def compile_object(llvm_ir: str, tm, size: int | None = None) -> bytes:
+    """Verify, optimize and emit an object file for `tm` (`size` as for optimize)."""
+    initialize()
+    try:
+        mod = llvm.parse_assembly(llvm_ir)
+        mod.verify()
+    except RuntimeError as exc:
+        raise CompileError(f"LLVM rejected the generated module: {exc}") from None
+    optimize(mod, tm, llvm_ir, size=size)
+    return tm.emit_object(mod)
 
 
 class CodeLibrary:

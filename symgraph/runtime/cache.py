@@ -6,7 +6,7 @@ triple, CPU name and features, and the versions of symgraph (plus a digest of it
 so a changed compiler misses), llvmlite and LLVM. Passes are deterministic functions of
 those, so a hit skips them as well as LLVM. An entry file is ``MAGIC | sha256(payload) |
 payload``; the payload holds the key, metadata (workspace size, output types), the object
-code and the compressed LLVM IR. An entry whose magic, checksum or key does not match is a
+files (one per part of a module compiled in parallel) and the compressed LLVM IR. An entry whose magic, checksum or key does not match is a
 miss and is rewritten. Writes go to a temporary file in the same directory and are renamed
 into place, so concurrent writers never leave a torn entry.
 
@@ -31,7 +31,7 @@ from ..codegen import cpu
 from ..errors import CompileError
 from ..shapes import Sym
 
-MAGIC = b"SGOBJ\x00\x01\n"
+MAGIC = b"SGOBJ\x00\x02\n"
 _HEADER = len(MAGIC) + 32
 _stats = {"hits": 0, "misses": 0, "corrupt": 0, "writes": 0}
 _lock = threading.Lock()
@@ -133,8 +133,8 @@ def _path(key):
     return os.path.join(cache_dir(), key[:2], key[2:] + ".o")
 
 
-def read(key) -> tuple[bytes, bytes, dict] | None:
-    """(object code, zlib-compressed llvm ir, metadata) of the entry; None on a miss or a
+def read(key) -> tuple[list, bytes, dict] | None:
+    """(object files, zlib-compressed llvm ir, metadata) of the entry; None on a miss or a
     corrupt or stale entry."""
     path = _path(key)
     try:
@@ -156,23 +156,32 @@ def read(key) -> tuple[bytes, bytes, dict] | None:
         (mlen,) = struct.unpack_from("<I", payload, at)
         meta = json.loads(payload[at + 4:at + 4 + mlen].decode())
         at += 4 + mlen
-        (olen,) = struct.unpack_from("<Q", payload, at)
-        obj = payload[at + 8:at + 8 + olen]
-        if len(obj) != olen or not isinstance(meta, dict):
-            raise ValueError("length")
-        ir_text = payload[at + 8 + olen:]  # compressed; ObjectLibrary inflates it when asked
+        (count,) = struct.unpack_from("<I", payload, at)
+        at += 4
+        objects = []
+        for _ in range(count):
+            (olen,) = struct.unpack_from("<Q", payload, at)
+            objects.append(payload[at + 8:at + 8 + olen])
+            if len(objects[-1]) != olen:
+                raise ValueError("length")
+            at += 8 + olen
+        if not objects or not isinstance(meta, dict):
+            raise ValueError("contents")
+        ir_text = payload[at:]  # compressed; ObjectLibrary inflates it when asked
     except (ValueError, struct.error, UnicodeDecodeError):
         _count("corrupt")
         return None
     _count("hits")
-    return obj, ir_text, meta
+    return objects, ir_text, meta
 
 
-def write(key, obj: bytes, ir_text: str, meta: dict) -> None:
+def write(key, objects, ir_text: str, meta: dict) -> None:
     """Store an entry atomically; failures (read-only disk, full disk) are silently skipped."""
     kb, mb = key.encode(), json.dumps(meta, sort_keys=True).encode()
     payload = (struct.pack("<I", len(kb)) + kb + struct.pack("<I", len(mb)) + mb
-               + struct.pack("<Q", len(obj)) + obj + zlib.compress(ir_text.encode(), 1))
+               + struct.pack("<I", len(objects))
+               + b"".join(struct.pack("<Q", len(obj)) + obj for obj in objects)
+               + zlib.compress(ir_text.encode(), 1))
     blob = MAGIC + hashlib.sha256(payload).digest() + payload
     path = _path(key)
     try:
@@ -207,29 +216,19 @@ def host_target():
     return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
 
 
-def compile_object(llvm_ir: str, tm) -> bytes:
-    """Verify, optimize and emit an object file for `tm`."""
-    cpu.initialize()
-    try:
-        mod = llvm.parse_assembly(llvm_ir)
-        mod.verify()
-    except RuntimeError as exc:
-        raise CompileError(f"LLVM rejected the generated module: {exc}") from None
-    cpu.optimize(mod, tm, llvm_ir)
-    return tm.emit_object(mod)
-
-
 class ObjectLibrary:
-    """Object code loaded into an MCJIT engine: the same interface as CodeLibrary."""
+    """Object files loaded into one MCJIT engine, which links their calls to one another
+    (the parts of a module compiled in parallel), and the IR they were compiled from."""
 
-    def __init__(self, obj: bytes, llvm_ir, name: str):
+    def __init__(self, objects, llvm_ir, name: str):
         cpu.initialize()
         self.name = name
         self._ir = llvm_ir  # text, or zlib-compressed bytes from a cache entry
         self.optimized_ir = None
         self.tm = cpu.target_machine()
         self.engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), self.tm)
-        self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        for obj in objects:
+            self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         self.engine.finalize_object()
 
     def address(self, symbol: str) -> int:
@@ -266,20 +265,9 @@ def lookup(key, name):
     entry = read(key)
     if entry is None:
         return None
-    obj, ir_text, meta = entry
+    objects, ir_text, meta = entry
     try:
-        return ObjectLibrary(obj, ir_text, name), meta
+        return ObjectLibrary(objects, ir_text, name), meta
     except (RuntimeError, CompileError):
         _count("corrupt")  # the checksum matched but LLVM refused it: rebuild
         return None
-
-
-def build(key, llvm_ir: str, name, meta) -> "ObjectLibrary":
-    """Compile `llvm_ir` for the host (in the compile worker when one is in use), load it,
-    and store it under `key`."""
-    from .worker import object_code
-
-    obj = object_code(llvm_ir) or compile_object(llvm_ir, cpu.target_machine())
-    library = ObjectLibrary(obj, llvm_ir, name)
-    write(key, obj, llvm_ir, meta)
-    return library

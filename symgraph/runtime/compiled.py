@@ -22,7 +22,8 @@ import numpy as np
 from llvmlite import ir
 
 from .. import dtypes as dt
-from ..codegen.cpu import CodeLibrary, host_vector_bytes
+from ..codegen.cpu import host_vector_bytes, ir_size
+from ..codegen.split import split_module
 from ..codegen.emit import I32, I64, PTR
 from ..codegen.kernel import ERR_NO_MEMORY, ERR_NONFINITE_BASE, lower_graph
 from ..errors import (
@@ -47,6 +48,7 @@ from ..ops.indexing import ERR_INDEX_OUT_OF_RANGE
 from ..ops.elementwise import ERR_NEGATIVE_INT_POWER
 from ..passes import VERIFY_DEFAULT, pipeline, run_passes
 from . import cache as persistent_cache
+from . import worker
 
 CacheInfo = collections.namedtuple("CacheInfo", ["hits", "misses", "compilations"])
 
@@ -332,16 +334,30 @@ class _CachedExecutable(Executable):
     pass_log = property(lambda self: self._result()[1])
     stages = property(lambda self: self._result()[2])
 
-def _code_library(module, name):
-    """Machine code for a module: compiled here, or by the compile worker once this process
-    has compiled many modules (see runtime/worker.py), then loaded here."""
-    from .worker import object_code
+# Modules this large are split and their parts compiled in parallel (runtime/worker.py).
+SPLIT_MIN_INSTRUCTIONS = 4_000
+# Graphs this large start compile workers before their passes run, so that the workers are
+# ready when the module's parts are.
+PRESTART_MIN_NODES = 800
 
+
+def _prestart_workers(g):
+    if g.number_of_nodes() >= PRESTART_MIN_NODES and worker.parallel_parts() > 1:
+        worker.prestart(worker.usable_cores() - 1)
+
+
+def _code_library(module, name, key=None, meta=None):
+    """Machine code for a module, loaded here. A large module is split and its parts are
+    compiled in parallel; with a cache `key`, the object files are stored under it too."""
     text = str(module)
-    obj = object_code(text)
-    if obj is not None:
-        return persistent_cache.ObjectLibrary(obj, text, name)
-    return CodeLibrary(text, name)
+    size = ir_size(text)
+    parts = worker.parallel_parts() if size >= SPLIT_MIN_INSTRUCTIONS else 1
+    texts = split_module(text, parts) if parts > 1 else [text]
+    objects = worker.compile_parts(texts, size)
+    library = persistent_cache.ObjectLibrary(objects, text, name)
+    if key is not None:
+        persistent_cache.write(key, objects, text, meta)
+    return library
 
 
 def _add_python_entry(module: ir.Module, name: str) -> str:
@@ -817,14 +833,12 @@ def fast({params}{', ' if params else ''}*, out=None):
                 exe = _CachedExecutable(lambda: self._optimize(g), library, cfunc,
                                         layout["out_types"], layout["workspace"])
                 return GenericExecutable(exe, shapes, symbols, layout)
+        _prestart_workers(g)
         g, log, stages = self._optimize(g)
         module, wrapper, check_sites = self._lower(g)
         layout = GenericExecutable.layout(g)
-        if key is not None:
-            meta = {"generic": GenericExecutable.layout_to_json(layout)}
-            library = persistent_cache.build(key, str(module), self.name, meta)
-        else:
-            library = _code_library(module, self.name)
+        meta = {"generic": GenericExecutable.layout_to_json(layout)}
+        library = _code_library(module, self.name, key, meta)
         cfunc = signature(library.address(wrapper))
         exe = Executable(g, log, library, cfunc, layout["out_types"], stages)
         exe.check_sites = check_sites
@@ -868,15 +882,13 @@ def fast({params}{', ' if params else ''}*, out=None):
             found = persistent_cache.lookup(key, self.name)
             if found is not None:
                 return self._cached_executable(g, n_args, *found)
+        _prestart_workers(g)
         g, log, stages = self._optimize(g)
         module, wrapper, check_sites = self._lower(g)
         out_types = [(g.nodes[o]["shape"], g.nodes[o]["dtype"]) for o in g.graph["outputs"]]
-        if key is not None:
-            meta = {"workspace_bytes": int(g.graph.get("workspace_bytes", 0)),
-                    "out_types": [[list(s), d.str] for s, d in out_types]}
-            library = persistent_cache.build(key, str(module), self.name, meta)
-        else:
-            library = _code_library(module, self.name)
+        meta = {"workspace_bytes": int(g.graph.get("workspace_bytes", 0)),
+                "out_types": [[list(s), d.str] for s, d in out_types]}
+        library = _code_library(module, self.name, key, meta)
         if DUMP_DIR:
             from ..inspect import dump_compilation
 

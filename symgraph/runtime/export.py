@@ -26,7 +26,6 @@ from ..infer import specialize_open
 from ..shapes import NotGeneric, Sym, derived_sizes
 from ..shapes import substitute as size_substitute
 from ..passes import run_passes
-from .cache import compile_object
 
 C_TYPES = {"bool": "bool", "int32": "int32_t", "int64": "int64_t", "float32": "float",
            "float64": "double"}
@@ -134,7 +133,7 @@ def export(f, directory, name=None, cpu=None):
         tm = cpu_target.target_machine(cpu_name, features)
     except RuntimeError as exc:
         raise ArgumentError(f"LLVM does not know the CPU {cpu_name!r}: {exc}") from None
-    obj = compile_object(ir_text, tm)
+    obj = cpu_target.compile_object(ir_text, tm)
 
     ins = [(n, g.nodes[k]["shape"], g.nodes[k]["dtype"]) for n, k in
            zip(f.inputs, _input_nodes(g))]
