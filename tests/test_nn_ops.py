@@ -247,3 +247,29 @@ def test_direct_and_gemm_conv_paths_agree_bit_for_bit(monkeypatch):
         assert (".gemm" in f.llvm_ir) == (limit == 0)
         results.append(f(x=x, w=w))
     np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("channels,attrs", [
+    (40, {"padding": 1}),  # K = 360: the second K block starts inside a channel
+    (32, {"padding": 2, "dilation": 2}),  # K = 288, dilated, same width
+    (30, {"padding": (1, 0), "stride": (1, 1)}),  # narrower output: the column-wise packer
+])
+def test_packed_im2col_across_k_blocks_matches_the_direct_loop(monkeypatch, channels, attrs):
+    """The GEMM packs im2col rows a channel at a time, in K blocks that need not start at a
+    channel; it must still give the direct loop's bits, specials included."""
+    from symgraph.codegen import nn as nn_codegen
+
+    monkeypatch.setenv("SYMGRAPH_CACHE", "0")
+    rng = np.random.default_rng(channels)
+    x, w = _rand(rng, (2, channels, 7, 37)), _rand(rng, (9, channels, 3, 3))
+    x[1, 3, 0, 36], x[0, channels - 1, 6, 0] = np.inf, np.nan
+    X, W = sg.Variable("x", x.shape, "float32"), sg.Variable("w", w.shape, "float32")
+    y = sg.conv2d(X, W, **attrs)
+    results = []
+    for limit in (0, 1 << 30):
+        monkeypatch.setattr(nn_codegen, "DIRECT_MAX_GROUP_CHANNELS", limit)
+        f = sg.compile(y)
+        assert (".gemm" in f.llvm_ir) == (limit == 0)
+        results.append(f(x=x, w=w))
+    np.testing.assert_array_equal(results[0], results[1])
+    _tol_check(results[0], np_conv2d(x, w, **attrs), channels * 9)

@@ -130,20 +130,37 @@ class Im2colLoader:
                 ir.Constant(ity, ir.Undefined), ir.Constant(ity, [0] * nr))
 
         def vector_rows():
-            def row(o):
-                chan, dy, dx = self._tap(b, b.add(k0, o))
-                iy = b.add(ys, splat(b.trunc(dy, I32)))
-                ix = b.add(xs, splat(b.trunc(dx, I32)))
-                inside = b.and_(b.icmp_unsigned("<", iy, splat(self.h)),
-                                b.icmp_unsigned("<", ix, splat(self.w)))
-                start = b.add(chan, b.add(first, b.add(b.mul(dy, _c(self.w)), dx)))
-                src = b.gep(base, [start], source_etype=ty)  # lanes outside are never read
-                values = b.call(masked_load, [src, ir.Constant(I32, self.dtype.itemsize),
-                                              inside, ir.Constant(vty, [0.0] * nr)])
-                b.store(values, b.gep(dst, [b.mul(o, _c(nr))], source_etype=ty, inbounds=True),
-                        align=self.dtype.itemsize)
+            # Channel by channel, with the KH*KW taps unrolled: each tap's lane mask and
+            # address offset are the same for every channel, so they are computed once per
+            # sliver, and a row costs one masked load and one store. Rows outside
+            # [k0, k0 + kc) (a K block can start or end inside a channel) are skipped.
+            taps = [(ky, kx) for ky in range(self.kh) for kx in range(self.kw)]
+            masks = []
+            for ky, kx in taps:
+                iy = b.add(ys, splat(ky * self.dilation[0]))
+                ix = b.add(xs, splat(kx * self.dilation[1]))
+                masks.append(b.and_(b.icmp_unsigned("<", iy, splat(self.h)),
+                                    b.icmp_unsigned("<", ix, splat(self.w))))
+            per = len(taps)
+            c_lo = b.udiv(k0, _c(per))
+            c_hi = b.udiv(b.add(k0, b.sub(kc, _c(1))), _c(per))
 
-            emit_loop(b, kc, row, "vrow")
+            def channel(ci):
+                c = b.add(c_lo, ci)
+                chan = b.add(b.mul(c, _c(self.h * self.w)), first)
+                row0 = b.sub(b.mul(c, _c(per)), k0)
+                for t, (ky, kx) in enumerate(taps):
+                    o = b.add(row0, _c(t))
+                    with b.if_then(b.icmp_unsigned("<", o, kc)):
+                        at = b.add(chan, _c(ky * self.dilation[0] * self.w
+                                            + kx * self.dilation[1]))
+                        src = b.gep(base, [at], source_etype=ty)  # lanes outside: not read
+                        values = b.call(masked_load, [src, ir.Constant(I32, self.dtype.itemsize),
+                                                      masks[t], ir.Constant(vty, [0.0] * nr)])
+                        b.store(values, b.gep(dst, [b.mul(o, _c(nr))], source_etype=ty,
+                                              inbounds=True), align=self.dtype.itemsize)
+
+            emit_loop(b, b.add(b.sub(c_hi, c_lo), _c(1)), channel, "vchan")
 
         with b.if_else(b.load(contiguous, typ=ir.IntType(1))) as (fast, slow):
             with fast:
