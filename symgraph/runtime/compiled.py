@@ -67,6 +67,21 @@ def _array_data_offset() -> int:
 
 
 DATA_OFFSET = _array_data_offset()
+def _array_dims_offset() -> int:
+    """Byte offset of the dimensions pointer inside a numpy array object: two words after
+    the data pointer (past the int nd), checked: numpy keeps the strides right after the
+    dimensions, in one allocation, so the next word must point nd words further on."""
+    probe = np.empty((12345, 3), np.uint8)
+    offset = DATA_OFFSET + 16
+    dims = ctypes.c_void_p.from_address(id(probe) + offset).value
+    strides = ctypes.c_void_p.from_address(id(probe) + offset + 8).value
+    if dims and strides == dims + 8 * probe.ndim and \
+            ctypes.c_int64.from_address(dims).value == 12345:
+        return offset
+    raise ImportError("symgraph cannot locate the dimensions in numpy arrays")
+
+
+DIMS_OFFSET = _array_dims_offset()
 
 
 def _math_impl():
@@ -360,7 +375,7 @@ def _code_library(module, name, key=None, meta=None):
     return library
 
 
-def _add_python_entry(module: ir.Module, name: str) -> str:
+def _add_python_entry(module: ir.Module, name: str, workspace_at: int | None = None) -> str:
     """A wrapper taking numpy array objects (the inputs, the outputs, the workspace, and for
     shape-generic code the size values): it reads their data pointers, so Python never
     extracts a pointer itself."""
@@ -371,11 +386,19 @@ def _add_python_entry(module: ir.Module, name: str) -> str:
     for arg in wrapper.args:
         field = b.gep(arg, [ir.Constant(I64, DATA_OFFSET)], source_etype=ir.IntType(8))
         pointers.append(b.load(field, typ=PTR))
+    if workspace_at is not None:
+        # An empty workspace array (_NO_WORKSPACE) means NULL: the code then allocates its
+        # workspace itself, which costs less than numpy allocating one per call.
+        ws = wrapper.args[workspace_at]
+        dims = b.load(b.gep(ws, [ir.Constant(I64, DIMS_OFFSET)], source_etype=ir.IntType(8)),
+                      typ=PTR)
+        empty = b.icmp_signed("==", b.load(dims, typ=I64), ir.Constant(I64, 0))
+        pointers[workspace_at] = b.select(empty, ir.Constant(PTR, None), pointers[workspace_at])
     b.ret(b.call(inner, pointers))
     return wrapper.name
 
 
-_NO_WORKSPACE = np.empty(0, np.uint8)
+_NO_WORKSPACE = np.empty(0, np.uint8)  # every call passes this: the code allocates its own
 
 
 _STATUS_MESSAGES = {
@@ -706,9 +729,7 @@ class CompiledFunction:
                     and out.shape == exe.out_types[0][0] and out.flags.c_contiguous
                     and out.flags.writeable and out.flags.aligned and not ({overlap})):
                 exe.hits += 1
-                ws = exe.workspace_bytes
-                ws = empty(ws, uint8) if ws else no_workspace
-                status = exe.cfunc({params}{', ' if params else ''}out, ws, *exe.extra)
+                status = exe.cfunc({params}{', ' if params else ''}out, no_workspace, *exe.extra)
                 if status:
                     fail(status, exe, {arrays})
                 return out"""
@@ -721,23 +742,21 @@ def fast({params}{', ' if params else ''}*, out=None):
                 exe.hits += 1
                 types = exe.out_types
 {allocs}
-                ws = exe.workspace_bytes
-                ws = empty(ws, uint8) if ws else no_workspace
-                status = exe.cfunc({params}{', ' if params else ''}{', '.join(outs)}, ws, *exe.extra)
+                status = exe.cfunc({params}{', ' if params else ''}{', '.join(outs)}, no_workspace,
+                                   *exe.extra)
                 if status:
                     fail(status, exe, {arrays})
                 return {packed}{into_out}
     return call({arrays}, {{}}, out)
 """
-        namespace = {"ndarray": np.ndarray, "empty": np.empty, "uint8": np.uint8,
+        namespace = {"ndarray": np.ndarray, "empty": np.empty,
                      "no_workspace": _NO_WORKSPACE, "get": self._specializations.get,
                      "fail": _fail, "call": self._call, "share": np.may_share_memory}
         exec(compile_source(source, f"<symgraph dispatcher {self.name}>", "exec"), namespace)
         return namespace["fast"]
 
     def _run(self, exe, arrays, outs):
-        ws = np.empty(exe.workspace_bytes, np.uint8) if exe.workspace_bytes else _NO_WORKSPACE
-        status = exe.cfunc(*arrays, *outs, ws, *exe.extra)
+        status = exe.cfunc(*arrays, *outs, _NO_WORKSPACE, *exe.extra)
         if status:
             _fail(status, exe, arrays)
 
@@ -905,7 +924,8 @@ def fast({params}{', ' if params else ''}*, out=None):
         module = lower_graph(g, self.name, _math_impl(), num_threads=self.num_threads,
                              check_finite=self.check_finite, check_sites=check_sites,
                              vector_bytes=host_vector_bytes())
-        return module, _add_python_entry(module, self.name), check_sites
+        workspace_at = len(g.graph["inputs"]) + len(g.graph["outputs"])
+        return module, _add_python_entry(module, self.name, workspace_at), check_sites
 
     def _optimize(self, g):
         """(final graph, pass log, stages) of a specialized graph."""
