@@ -230,16 +230,11 @@ def test_logsumexp_of_all_minus_infinity_rows():
     assert_same(sg.compile(sg.logsumexp(X, axis=1))(x=x), want)
 
 
-def test_direct_and_gemm_conv_paths_agree_bit_for_bit(monkeypatch):
-    """Both conv2d paths sum 0, then ascending (channel, ky, kx): results are identical."""
+def _gemm_and_direct_conv_agree(monkeypatch, y, x, w):
+    """Compile conv2d `y` through the GEMM and through the direct loop; both sum 0, then
+    ascending (channel, ky, kx), so their results must be identical. Returns the GEMM's."""
     from symgraph.codegen import nn as nn_codegen
 
-    monkeypatch.setenv("SYMGRAPH_CACHE", "0")
-    rng = np.random.default_rng(9)
-    x, w = _rand(rng, (2, 4, 9, 8)), _rand(rng, (6, 2, 3, 2))
-    x[0, 1, 4, 4] = np.inf
-    X, W = sg.Variable("x", x.shape, "float32"), sg.Variable("w", w.shape, "float32")
-    y = sg.conv2d(X, W, groups=2, padding=(1, 2), stride=(1, 2), dilation=(2, 1))
     results = []
     for limit in (0, 1 << 30):
         monkeypatch.setattr(nn_codegen, "DIRECT_MAX_GROUP_CHANNELS", limit)
@@ -247,6 +242,17 @@ def test_direct_and_gemm_conv_paths_agree_bit_for_bit(monkeypatch):
         assert (".gemm" in f.llvm_ir) == (limit == 0)
         results.append(f(x=x, w=w))
     np.testing.assert_array_equal(results[0], results[1])
+    return results[0]
+
+
+def test_direct_and_gemm_conv_paths_agree_bit_for_bit(monkeypatch):
+    monkeypatch.setenv("SYMGRAPH_CACHE", "0")
+    rng = np.random.default_rng(9)
+    x, w = _rand(rng, (2, 4, 9, 8)), _rand(rng, (6, 2, 3, 2))
+    x[0, 1, 4, 4] = np.inf
+    X, W = sg.Variable("x", x.shape, "float32"), sg.Variable("w", w.shape, "float32")
+    y = sg.conv2d(X, W, groups=2, padding=(1, 2), stride=(1, 2), dilation=(2, 1))
+    _gemm_and_direct_conv_agree(monkeypatch, y, x, w)
 
 
 @pytest.mark.parametrize("channels,attrs", [
@@ -257,19 +263,11 @@ def test_direct_and_gemm_conv_paths_agree_bit_for_bit(monkeypatch):
 def test_packed_im2col_across_k_blocks_matches_the_direct_loop(monkeypatch, channels, attrs):
     """The GEMM packs im2col rows a channel at a time, in K blocks that need not start at a
     channel; it must still give the direct loop's bits, specials included."""
-    from symgraph.codegen import nn as nn_codegen
-
     monkeypatch.setenv("SYMGRAPH_CACHE", "0")
     rng = np.random.default_rng(channels)
     x, w = _rand(rng, (2, channels, 7, 37)), _rand(rng, (9, channels, 3, 3))
     x[1, 3, 0, 36], x[0, channels - 1, 6, 0] = np.inf, np.nan
     X, W = sg.Variable("x", x.shape, "float32"), sg.Variable("w", w.shape, "float32")
     y = sg.conv2d(X, W, **attrs)
-    results = []
-    for limit in (0, 1 << 30):
-        monkeypatch.setattr(nn_codegen, "DIRECT_MAX_GROUP_CHANNELS", limit)
-        f = sg.compile(y)
-        assert (".gemm" in f.llvm_ir) == (limit == 0)
-        results.append(f(x=x, w=w))
-    np.testing.assert_array_equal(results[0], results[1])
-    _tol_check(results[0], np_conv2d(x, w, **attrs), channels * 9)
+    gemm_result = _gemm_and_direct_conv_agree(monkeypatch, y, x, w)
+    _tol_check(gemm_result, np_conv2d(x, w, **attrs), channels * 9)
