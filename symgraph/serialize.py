@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import struct
 import math
 import zipfile
 
@@ -173,7 +174,9 @@ def _read_members(source):
     """{name: bytes} of the archive, after checking names, counts, sizes and ratios."""
     try:
         zf = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
+            NotImplementedError, RuntimeError, struct.error) as exc:
+        # NotImplementedError: a zip version or feature zipfile lacks (found by the fuzzer)
         _fail(f"not a symgraph file (not a readable zip archive: {exc})")
     with zf:
         infos = zf.infolist()
@@ -228,8 +231,8 @@ def _read_npy(name, data):
             shape, fortran, dtype = npformat.read_array_header_2_0(fh, max_header_size=10_000)
         else:
             raise ValueError(f"npy version {version}")
-    except (ValueError, TypeError, SyntaxError, EOFError, OverflowError, RecursionError) as exc:
-        _fail(f"array member {name!r} has a bad .npy header: {exc}")
+    except Exception as exc:  # numpy's header parser also raises tokenize.TokenError & co.
+        _fail(f"array member {name!r} has a bad .npy header: {type(exc).__name__}: {exc}")
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
         _fail(f"array member {name!r} has dtype {dtype}, which may not be stored")
     try:

@@ -320,6 +320,8 @@ def _mutations():
     npy_case("npy truncated", members[npy_name][:-5])
     npy_case("npy header only", header[:20])
     npy_case("npy empty", b"")
+    # found by the fuzzer: numpy's header parser raised tokenize.TokenError
+    npy_case("npy header unbalanced", members[npy_name].replace(b"(3,)", b"((3,)", 1))
     # path tricks and unexpected members
     for name in ["../evil.npy", "/abs/path", "arrays/../../x", "C:\\evil", "arrays\\x.npy",
                  "a//b", "./graph.json", "evil.py", "arrays/", "arrays/x.npy\x00.py"]:
@@ -335,6 +337,12 @@ def _mutations():
     out.append(("zip bomb", _pack(doc, m)))
     big = _pack(doc, members)
     out.append(("declared size lies", _patch_sizes(big)))
+    # found by the fuzzer: zipfile raised NotImplementedError for a zip version it lacks
+    for version in (255, 0xFFFF):
+        raw = bytearray(big)
+        at = raw.rfind(b"PK\x01\x02")
+        raw[at + 6:at + 8] = version.to_bytes(2, "little")
+        out.append((f"zip version needed {version}", bytes(raw)))
     # not archives at all
     for raw in [b"", b"PK", b"PK\x03\x04" + b"\0" * 40, b"\x80\x04\x95" + b"\0" * 30,
                 json.dumps(doc).encode(), bytes(range(256)) * 4]:
@@ -426,6 +434,21 @@ def _body_mutations():
 
 
 HOSTILE = _mutations() + _body_mutations()
+
+
+def test_weak_scalar_output_loads_as_a_0d_array():
+    """Found by the fuzzer: a file whose output is a weak Python number's node (which the
+    frontend only makes as an operand) crashed code generation; it is numpy's 0-d array."""
+    x = sg.Variable("x", (3,), "float64")
+    y = x * 2.5
+    direct = sg.compile([y, y.args[1]], inputs=[x])
+    doc, members = _unpack(serialize.dumps(sg.compile(y)))
+    scalar = next(i for i, n in enumerate(doc["nodes"]) if n["op"] == "scalar")
+    doc["structure"] = {"kind": "tuple", "keys": None, "outputs": [scalar, len(doc["nodes"]) - 1]}
+    loaded = serialize.loads(_pack(doc, members))
+    for f in (direct, loaded):
+        value = f(np.ones(3))[0 if f is loaded else 1]
+        assert value.shape == () and value.dtype == np.float64 and value == 2.5
 
 
 def test_corpus_is_large():

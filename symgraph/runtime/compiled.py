@@ -36,7 +36,7 @@ from ..errors import (
     ShapeError,
     SymgraphError,
 )
-from ..frontend import Expr, find_variables, to_graph
+from ..frontend import Constant, Expr, find_variables, to_graph
 from ..graph import to_text
 from ..infer import check_input, specialize, specialize_generic
 from ..shapes import NotGeneric, Sym, derived_sizes
@@ -135,6 +135,10 @@ class OutputStructure:
 
 def _as_output(value):
     if isinstance(value, Expr):
+        if value.op == "scalar":
+            # A weak Python number standing alone (an operand taken out of an expression,
+            # or a loaded file's output): the 0-d array numpy makes of it.
+            return Constant(np.asarray(value.attrs["value"]))
         return value
     raise ArgumentError(f"compile() outputs must be expressions, got {type(value).__name__}")
 
