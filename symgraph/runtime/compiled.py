@@ -67,21 +67,6 @@ def _array_data_offset() -> int:
 
 
 DATA_OFFSET = _array_data_offset()
-def _array_dims_offset() -> int:
-    """Byte offset of the dimensions pointer inside a numpy array object: two words after
-    the data pointer (past the int nd), checked: numpy keeps the strides right after the
-    dimensions, in one allocation, so the next word must point nd words further on."""
-    probe = np.empty((12345, 3), np.uint8)
-    offset = DATA_OFFSET + 16
-    dims = ctypes.c_void_p.from_address(id(probe) + offset).value
-    strides = ctypes.c_void_p.from_address(id(probe) + offset + 8).value
-    if dims and strides == dims + 8 * probe.ndim and \
-            ctypes.c_int64.from_address(dims).value == 12345:
-        return offset
-    raise ImportError("symgraph cannot locate the dimensions in numpy arrays")
-
-
-DIMS_OFFSET = _array_dims_offset()
 
 
 def _math_impl():
@@ -380,9 +365,9 @@ def _code_library(module, name, key=None, meta=None):
 
 
 def _add_python_entry(module: ir.Module, name: str, workspace_at: int | None = None) -> str:
-    """A wrapper taking numpy array objects (the inputs, the outputs, the workspace, and for
-    shape-generic code the size values): it reads their data pointers, so Python never
-    extracts a pointer itself."""
+    """A wrapper taking numpy array objects (the inputs, the outputs, a workspace placeholder
+    at `workspace_at`, and for shape-generic code the size values): it reads their data
+    pointers, so Python never extracts a pointer itself."""
     inner = module.get_global(name)
     wrapper = ir.Function(module, ir.FunctionType(I32, [PTR] * len(inner.args)), f"{name}.py")
     b = ir.IRBuilder(wrapper.append_basic_block("entry"))
@@ -391,18 +376,14 @@ def _add_python_entry(module: ir.Module, name: str, workspace_at: int | None = N
         field = b.gep(arg, [ir.Constant(I64, DATA_OFFSET)], source_etype=ir.IntType(8))
         pointers.append(b.load(field, typ=PTR))
     if workspace_at is not None:
-        # An empty workspace array (_NO_WORKSPACE) means NULL: the code then allocates its
-        # workspace itself, which costs less than numpy allocating one per call.
-        ws = wrapper.args[workspace_at]
-        dims = b.load(b.gep(ws, [ir.Constant(I64, DIMS_OFFSET)], source_etype=ir.IntType(8)),
-                      typ=PTR)
-        empty = b.icmp_signed("==", b.load(dims, typ=I64), ir.Constant(I64, 0))
-        pointers[workspace_at] = b.select(empty, ir.Constant(PTR, None), pointers[workspace_at])
+        # The workspace is allocated by the code itself (a NULL workspace argument): cheaper
+        # than numpy allocating one per call, and private to the call.
+        pointers[workspace_at] = ir.Constant(PTR, None)
     b.ret(b.call(inner, pointers))
     return wrapper.name
 
 
-_NO_WORKSPACE = np.empty(0, np.uint8)  # every call passes this: the code allocates its own
+_NO_WORKSPACE = np.empty(0, np.uint8)  # the placeholder calls pass: the code allocates its own
 
 
 _STATUS_MESSAGES = {
