@@ -155,8 +155,9 @@ def _acquire() -> _Worker:
 def _release(worker: _Worker) -> None:
     with _lock:
         _busy.discard(worker)
-        if worker.alive() and worker.served < WORKER_COMPILES and _state["pid"] == os.getpid():
-            _idle.append(worker)
+        if (worker.alive() and worker.served < WORKER_COMPILES
+                and _state["pid"] == os.getpid() and len(_idle) < usable_cores()):
+            _idle.append(worker)  # at most one idle worker per core stays
             return
     worker.stop()
 
