@@ -138,3 +138,14 @@ def random_array(rng, shape, dtype, *, edges=True, low=-5, high=5, positive=Fals
         picks = rng.random(size) < 0.3
         data[picks] = rng.choice(pool, size=int(picks.sum()))
     return data.reshape(shape)
+
+
+def run_in_threads(target, count: int) -> None:
+    """Run target(0) ... target(count - 1), each on its own thread, and wait for all."""
+    import threading
+
+    threads = [threading.Thread(target=target, args=(k,)) for k in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

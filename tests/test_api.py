@@ -11,7 +11,7 @@ import pytest
 import symgraph as sg
 from symgraph import Constant, Variable, compile
 
-from helpers import assert_same, random_array
+from helpers import assert_same, random_array, run_in_threads
 
 
 def test_issue_example():
@@ -246,11 +246,7 @@ def test_threads_share_one_compiled_function():
             if not np.allclose(got, wants[k], rtol=1e-10):
                 errors.append(k)
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(work, 4)
     assert not errors
 
 
@@ -264,11 +260,7 @@ def test_threads_specializing_concurrently():
         v = np.arange(10).astype(dtypes[k])
         results[k] = (f(v), v * 2 - 1)
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(dtypes))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(work, len(dtypes))
     for got, want in results:
         assert_same(got, want)
 

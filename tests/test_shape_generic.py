@@ -3,7 +3,6 @@ recompilation, the reference interpreter checks every result, and graphs or call
 need concrete sizes fall back to per-shape code with the same results."""
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ import pytest
 import symgraph as sg
 from symgraph.shapes import NotGeneric, Sym, Unify, unifying
 
-from helpers import assert_same
+from helpers import assert_same, run_in_threads
 
 SIZES = (1, 7, 1000, 0, 2, 33)
 
@@ -189,11 +188,7 @@ def test_concurrent_calls_with_different_sizes():
             if not np.array_equal(f(batches[j]), want[j]):
                 errors.append((k, i))
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(worker, 4)
     assert not errors
     assert f.cache_info().compilations == 1
 

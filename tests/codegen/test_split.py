@@ -15,6 +15,8 @@ from symgraph.interpret import evaluate
 from symgraph.runtime import cache as persistent_cache
 from symgraph.runtime import compiled, worker
 
+from helpers import run_in_threads
+
 
 def _model(scale=1.0):
     """Many kernels of several kinds: elementwise with outlined math and exact trig, a
@@ -124,3 +126,22 @@ def test_declaration_drops_names_and_attributes():
     define = ('define internal void @"m.k1.add"(ptr noalias %".1", ptr noalias %"x y", i64 %".3")'
               ' noinline\n{\nentry:\n  ret void\n}')
     assert _declaration(define) == 'declare void @"m.k1.add"(ptr noalias, ptr noalias, i64)'
+
+
+def test_threads_compiling_split_modules_at_once(monkeypatch):
+    monkeypatch.setattr(worker, "parallel_parts", lambda: 3)
+    _, whole = _results(monkeypatch, False, scale=2.0)
+    monkeypatch.setattr(compiled, "SPLIT_MIN_INSTRUCTIONS", 0)
+    results, errors = [None] * 3, []
+
+    def one(t):
+        try:
+            outs, variables = _model(2.0)
+            results[t] = sg.compile(outs, inputs=variables, num_threads=2)(*_inputs())
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    run_in_threads(one, 3)
+    assert not errors
+    for got in results:
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(got, whole))
