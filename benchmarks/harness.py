@@ -76,6 +76,35 @@ def measure(fn, *, repeat=7, warmup=1, min_sample_s=0.02, max_total_s=3.0) -> Ti
     return Timing(med, q1, q3, samples, inner)
 
 
+def measure_interleaved(fns: dict, *, repeat=7, warmup=1, min_sample_s=0.02,
+                        max_total_s=6.0) -> dict:
+    """Time several engines doing the same work, one sample of each in turn, so that every
+    engine's median comes from the same stretch of time: on a shared machine whose speed
+    drifts, their ratios then hold even when the absolute times move. {name: Timing}."""
+    inner = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            fn()
+        n = 1
+        while True:
+            t = _sample(fn, n)
+            if t * n >= min_sample_s or n >= 1 << 20:
+                break
+            n *= 2 if t * n * 10 > min_sample_s else 8
+        inner[name] = (n, t * n)
+    round_s = sum(seconds for _, seconds in inner.values())
+    rounds = max(3, min(repeat, int(max_total_s / max(round_s, 1e-9))))
+    samples = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name].append(_sample(fn, inner[name][0]))
+    out = {}
+    for name, xs in samples.items():
+        q1, med, q3 = _quartiles(xs)
+        out[name] = Timing(med, q1, q3, xs, inner[name][0])
+    return out
+
+
 def measure_once(fn) -> float:
     """Seconds for a single call of something that cannot be repeated cheaply (a compile)."""
     enabled = gc.isenabled()

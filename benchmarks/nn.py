@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from harness import fmt_ratio, fmt_time, measure, optional, table
+from harness import fmt_ratio, fmt_time, measure_interleaved, optional, table
 
 import symgraph as sg
 
@@ -45,13 +45,16 @@ def _numpy_mlp(x, ws, bs):
     return h @ ws[2] + bs[2]
 
 
-def _symgraph_mlp(batch, threads):
+def _symgraph_mlp(ws, bs, batch, threads):
+    """The MLP of examples/mlp.py: the weights are Constants of the compiled model, as jax.jit
+    holds them in its closure and onnxruntime as initializers; the batch is the input."""
     x = sg.Variable("x", (batch, 512), "float32")
-    w = [sg.Variable(f"w{i}", s, "float32") for i, s in enumerate([(512, 256), (256, 128), (128, 2)])]
-    b = [sg.Variable(f"b{i}", (s,), "float32") for i, s in enumerate([256, 128, 2])]
-    h = sg.relu(x @ w[0] + b[0])
-    h = sg.relu(h @ w[1] + b[1])
-    return sg.compile(h @ w[2] + b[2], inputs=[x, *w, *b], num_threads=threads)
+    h = x
+    for i, (w, b) in enumerate(zip(ws, bs)):
+        h = h @ sg.Constant(w) + sg.Constant(b)
+        if i < len(ws) - 1:
+            h = sg.relu(h)
+    return sg.compile(h, num_threads=threads)
 
 
 def _jax_mlp(ws, bs):
@@ -98,6 +101,9 @@ def _onnx_mlp(ws, bs, threads):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Idle threads sleep, as symgraph's and OpenMP's do here (OMP_WAIT_POLICY=PASSIVE):
+    # engines are timed in turn, and a spinning pool would take a core from the next one.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(model.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
     return lambda x: session.run(None, {"x": x})[0]
@@ -116,28 +122,26 @@ def run(quick=False):
         f = sg.compile(sg.Variable("a") @ sg.Variable("b"), num_threads=threads)
         f(a, b)
         with blas_threads(threads):
-            rows.append((f"sgemm {n}^3", threads, "symgraph", measure(lambda: f(a, b), repeat=repeat).median))
-            rows.append((f"sgemm {n}^3", threads, "numpy", measure(lambda: a @ b, repeat=repeat).median))
+            _add(rows, f"sgemm {n}^3", threads, {"symgraph": lambda: f(a, b),
+                                                 "numpy": lambda: a @ b}, repeat)
 
     for batch, calls in ((1, 1000), (256, 1)):
         x, ws, bs = _mlp(rng, batch)
         for threads in sorted({1, min(2, CORES)}):
-            f = _symgraph_mlp(batch, threads)
-            args = (x, *ws, *bs)
-            np.testing.assert_allclose(f(*args), _numpy_mlp(x, ws, bs), rtol=1e-4, atol=1e-5)
+            f = _symgraph_mlp(ws, bs, batch, threads)
+            np.testing.assert_allclose(f(x), _numpy_mlp(x, ws, bs), rtol=1e-4, atol=1e-5)
 
             def sg_many():
                 for _ in range(calls):
-                    f(*args)
+                    f(x)
 
             def np_many():
                 for _ in range(calls):
                     _numpy_mlp(x, ws, bs)
 
             case = f"mlp batch {batch} x{calls}"
+            engines = {"symgraph": sg_many, "numpy": np_many}
             with blas_threads(threads):
-                rows.append((case, threads, "symgraph", measure(sg_many, repeat=repeat).median))
-                rows.append((case, threads, "numpy", measure(np_many, repeat=repeat).median))
                 if torch:
                     tx = torch.from_numpy(x)
                     tw = [torch.from_numpy(w) for w in ws]
@@ -155,9 +159,8 @@ def run(quick=False):
                             for _ in range(calls):
                                 fn(tx)
 
-                    rows.append((case, threads, "torch", measure(torch_many, repeat=repeat).median))
-                    rows.append((case, threads, "torch.jit",
-                                 measure(lambda: torch_many(scripted), repeat=repeat).median))
+                    engines["torch"] = torch_many
+                    engines["torch.jit"] = lambda: torch_many(scripted)
                 for engine, fn in (("onnxruntime", _onnx_mlp(ws, bs, threads)),
                                    ("jax.jit", _jax_mlp(ws, bs) if threads == 1 else None)):
                     if fn is None:
@@ -168,7 +171,8 @@ def run(quick=False):
                         for _ in range(calls):
                             fn(x)
 
-                    rows.append((case, threads, engine, measure(peer_many, repeat=repeat).median))
+                    engines[engine] = peer_many
+                _add(rows, case, threads, engines, repeat)
 
     shape = (2, 64, 56, 56) if quick else (8, 64, 56, 56)
     img = rng.standard_normal(shape).astype(np.float32)
@@ -177,15 +181,25 @@ def run(quick=False):
         f = sg.compile(sg.conv2d(sg.Variable("x"), sg.Variable("w"), padding=1), num_threads=threads)
         f(img, ker)
         case = f"conv2d {shape} 64x3x3"
-        with blas_threads(threads):
-            rows.append((case, threads, "symgraph", measure(lambda: f(img, ker), repeat=3).median))
-            if torch:
-                ti, tk = torch.from_numpy(img), torch.from_numpy(ker)
+        engines = {"symgraph": lambda: f(img, ker)}
+        if torch:
+            ti, tk = torch.from_numpy(img), torch.from_numpy(ker)
+
+            def torch_conv():
                 with torch.no_grad():
-                    rows.append((case, threads, "torch", measure(
-                        lambda: torch.nn.functional.conv2d(ti, tk, padding=1), repeat=3).median))
+                    torch.nn.functional.conv2d(ti, tk, padding=1)
+
+            engines["torch"] = torch_conv
+        with blas_threads(threads):
+            _add(rows, case, threads, engines, 3 if quick else 7)
 
     return {"rows": rows, "targets": _targets(rows)}
+
+
+def _add(rows, case, threads, engines, repeat):
+    """Rows for one case: every engine timed in turn (harness.measure_interleaved)."""
+    for engine, timing in measure_interleaved(engines, repeat=repeat).items():
+        rows.append((case, threads, engine, timing.median))
 
 
 def _time(rows, case_prefix, threads, engine):
