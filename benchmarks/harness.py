@@ -54,20 +54,26 @@ def _sample(fn, inner):
             gc.enable()
 
 
-def measure(fn, *, repeat=7, warmup=1, min_sample_s=0.02, max_total_s=3.0) -> Timing:
-    """Time ``fn()``: ``warmup`` untimed calls, then up to ``repeat`` samples.
-
-    The inner loop count doubles until one sample lasts ``min_sample_s``; the number of
-    samples shrinks (never below 3) when ``repeat`` of them would exceed ``max_total_s``.
-    """
+def _calibrate(fn, warmup, min_sample_s):
+    """(inner loop count, seconds per call of the last try): warm up, then double the inner
+    loop until one sample lasts min_sample_s."""
     for _ in range(warmup):
         fn()
     inner = 1
     while True:
         t = _sample(fn, inner)
         if t * inner >= min_sample_s or inner >= 1 << 20:
-            break
+            return inner, t
         inner *= 2 if t * inner * 10 > min_sample_s else 8
+
+
+def measure(fn, *, repeat=7, warmup=1, min_sample_s=0.02, max_total_s=3.0) -> Timing:
+    """Time ``fn()``: ``warmup`` untimed calls, then up to ``repeat`` samples.
+
+    The inner loop count doubles until one sample lasts ``min_sample_s``; the number of
+    samples shrinks (never below 3) when ``repeat`` of them would exceed ``max_total_s``.
+    """
+    inner, t = _calibrate(fn, warmup, min_sample_s)
     samples = [t]
     budget = max(3, min(repeat, int(max_total_s / max(t * inner, 1e-9))))
     while len(samples) < budget:
@@ -83,14 +89,7 @@ def measure_interleaved(fns: dict, *, repeat=7, warmup=1, min_sample_s=0.02,
     drifts, their ratios then hold even when the absolute times move. {name: Timing}."""
     inner = {}
     for name, fn in fns.items():
-        for _ in range(warmup):
-            fn()
-        n = 1
-        while True:
-            t = _sample(fn, n)
-            if t * n >= min_sample_s or n >= 1 << 20:
-                break
-            n *= 2 if t * n * 10 > min_sample_s else 8
+        n, t = _calibrate(fn, warmup, min_sample_s)
         inner[name] = (n, t * n)
     round_s = sum(seconds for _, seconds in inner.values())
     rounds = max(3, min(repeat, int(max_total_s / max(round_s, 1e-9))))

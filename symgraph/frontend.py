@@ -17,15 +17,21 @@ import numpy as np
 from . import dtypes as dt
 from .errors import (
     ArgumentError,
+    DTypeError,
+    ExecutionError,
     GraphError,
+    OutOfMemory,
+    ShapeError,
     SymgraphError,
     TracerBoolError,
     user_loc,
 )
 from .graph import add_node, new_graph, type_str
 from .ops import get_op
+from .ops.registry import keepdims_flag
 
 _ids = itertools.count()
+MAX_CLASSES = 1 << 24  # one_hot builds a constant of this many class numbers
 
 
 class Expr:
@@ -261,9 +267,16 @@ def _eager(op, args, attrs):
     typing = op.infer(in_types, attrs)
     converted = [arr.astype(d) if d is not None and arr.dtype != d else arr
                  for arr, d in zip(arrays, typing.in_dtypes or [None] * len(arrays))]
-    with np.errstate(all="ignore"):
-        result = op.reference(*converted, **(typing.attrs or attrs))
-    return np.asarray(result).astype(typing.dtype, copy=False)
+    try:
+        with np.errstate(all="ignore"):
+            result = op.reference(*converted, **(typing.attrs or attrs))
+        return np.asarray(result).astype(typing.dtype, copy=False)
+    except (TypeError, ValueError, ArithmeticError) as exc:  # numpy's own refusal
+        error = DTypeError if isinstance(exc, TypeError) else ExecutionError
+        raise error(f"{op.name}: {exc}", locs=(user_loc(),)) from None
+    except MemoryError:
+        raise OutOfMemory(f"{op.name}: its result of shape {typing.shape} does not fit in "
+                          "memory", locs=(user_loc(),)) from None
 
 
 def _index_items(key, ndim):
@@ -357,25 +370,47 @@ def min(x, axis=None, keepdims=False):  # noqa: A001
     return apply("min", x, axes=axis, keepdims=keepdims)
 
 
+def _int_arg(op, name, value):
+    """An integer argument (a Python or numpy integer, not a bool) as int."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
+    raise ArgumentError(f"{op}: {name} must be an integer, got {_short(value)}",
+                        locs=(user_loc(),))
+
+
+def _ints_arg(op, name, value):
+    """An integer or a tuple/list of integers as a tuple of ints."""
+    if isinstance(value, (tuple, list)):
+        return tuple(_int_arg(op, name, v) for v in value)
+    return (_int_arg(op, f"{name} (an integer or a tuple of integers)", value),)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def reshape(x, shape):
     """Same elements, new shape (one -1 is inferred)."""
-    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
-    return apply("reshape", x, shape=shape)
+    return apply("reshape", x, shape=_ints_arg("reshape", "shape", shape))
 
 
 def transpose(x, axes=None):
     """Permute axes (default: reverse them)."""
-    return apply("transpose", x, perm=None if axes is None else tuple(int(a) for a in axes))
+    return apply("transpose", x, perm=None if axes is None else _ints_arg("transpose", "axes", axes))
 
 
 def broadcast_to(x, shape):
     """Repeat size-1 and leading axes to `shape`."""
-    return apply("broadcast_to", x, shape=tuple(int(d) for d in shape))
+    return apply("broadcast_to", x, shape=_ints_arg("broadcast_to", "shape", shape))
 
 
 def concatenate(arrays, axis=0):
     """Join arrays along an existing axis."""
-    return apply("concat", *arrays, axis=int(axis))
+    if not isinstance(arrays, (tuple, list)):
+        raise ArgumentError(f"concatenate takes a list or tuple of arrays, got {_short(arrays)}",
+                            locs=(user_loc(),))
+    return apply("concat", *arrays, axis=_int_arg("concatenate", "axis", axis))
 
 
 def matmul(a, b):
@@ -389,29 +424,35 @@ def _flat_if_no_axis(x, axis):
 
 def argmax(x, axis=None, keepdims=False):
     """Index of the first maximum (NaN counts as the maximum), as numpy.argmax."""
+    keepdims = keepdims_flag("argmax", {"keepdims": keepdims})
     if axis is None and keepdims:
         raise GraphError("argmax(axis=None, keepdims=True) is not supported", locs=(user_loc(),))
     x, axis = _flat_if_no_axis(x, axis)
-    return apply("argmax", x, axis=int(axis), keepdims=keepdims)
+    return apply("argmax", x, axis=_int_arg("argmax", "axis", axis), keepdims=keepdims)
 
 
 def argmin(x, axis=None, keepdims=False):
     """Index of the first minimum (NaN counts as the minimum), as numpy.argmin."""
+    keepdims = keepdims_flag("argmin", {"keepdims": keepdims})
     if axis is None and keepdims:
         raise GraphError("argmin(axis=None, keepdims=True) is not supported", locs=(user_loc(),))
     x, axis = _flat_if_no_axis(x, axis)
-    return apply("argmin", x, axis=int(axis), keepdims=keepdims)
+    return apply("argmin", x, axis=_int_arg("argmin", "axis", axis), keepdims=keepdims)
 
 
 def take(x, indices, axis=None):
     """Gather along `axis` (flattened when None), as numpy.take; out-of-range is an error."""
     x, axis = _flat_if_no_axis(x, axis)
-    return apply("take", x, indices, axis=int(axis))
+    return apply("take", x, indices, axis=_int_arg("take", "axis", axis))
 
 
 def one_hot(labels, num_classes, dtype="float64"):
     """``one_hot(labels, n)[..., k]`` is 1 where ``labels == k``, else 0."""
-    classes = Constant(np.arange(int(num_classes), dtype=np.int64))
+    num_classes = _int_arg("one_hot", "num_classes", num_classes)
+    if not 0 <= num_classes <= MAX_CLASSES:
+        raise ShapeError(f"one_hot: num_classes={num_classes} is not in [0, {MAX_CLASSES}]",
+                         locs=(user_loc(),))
+    classes = Constant(np.arange(num_classes, dtype=np.int64))
     hits = apply("eq", apply("reshape", labels, shape=_append_axis(labels)), classes)
     return astype(hits, dtype)
 
@@ -443,6 +484,10 @@ def cross_entropy(logits, labels, axis=-1, num_classes=None):
         if shape is None:
             raise GraphError("cross_entropy needs logits of known shape, or num_classes=",
                              locs=(user_loc(),), hint="pass num_classes=K with open sizes")
+        axis = _int_arg("cross_entropy", "axis", axis)
+        if not -len(shape) <= axis < len(shape):
+            raise ShapeError(f"cross_entropy: axis {axis} is out of range for logits of shape "
+                             f"{shape}", locs=(user_loc(),))
         num_classes = shape[axis]
     # where, not a product with a one-hot mask: the result keeps the logits' dtype, and a
     # class with log-probability -inf that is not the label contributes 0, not nan.

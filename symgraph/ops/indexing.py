@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import dtypes as dt
 from ..errors import IndexOutOfRange, ShapeError
-from .registry import Op, Typing, register
+from .registry import Op, Typing, keepdims_flag, register
 
 ERR_INDEX_OUT_OF_RANGE = 4
 
@@ -26,7 +26,7 @@ def _arg_rule(name):
         axis %= len(shape)
         if shape[axis] == 0:
             raise ShapeError(f"attempt to get {name} of an empty sequence (shape {shape})")
-        keepdims = bool(attrs.get("keepdims", False))
+        keepdims = keepdims_flag(name, attrs)
         out = tuple(1 if i == axis else d for i, d in enumerate(shape)) if keepdims else \
             shape[:axis] + shape[axis + 1:]
         return Typing(out, np.dtype(np.int64), (_strong(dtype),), {"axis": axis, "keepdims": keepdims})

@@ -20,10 +20,16 @@ def _strong(d):
 
 def _pair(name, attr, value, minimum):
     """An int or a pair of ints (>= minimum) as a 2-tuple."""
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if isinstance(value, (int, np.integer)):
+        pair = (value, value)
+    elif isinstance(value, (tuple, list)):
+        pair = tuple(value)
+    else:
+        pair = ()
     if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
                                  for v in pair):
-        raise ShapeError(f"{name}: {attr} must be an int or a pair of ints, got {value!r}")
+        raise ShapeError(f"{name}: {attr} must be an int or a pair of ints, got "
+                         f"{str(repr(value))[:60]}")
     if any(v < minimum for v in pair):
         raise ShapeError(f"{name}: {attr} must be >= {minimum}, got {value!r}")
     return tuple(int(v) for v in pair)
@@ -171,7 +177,8 @@ def _conv_grad(g, out, x, w, stride=1, padding=0, dilation=1, groups=1):
 
 def _pool_attrs(name, attrs):
     kernel = _pair(name, "kernel_size", attrs["kernel_size"], 1)
-    stride = _pair(name, "stride", attrs.get("stride") or kernel, 1)
+    stride = attrs.get("stride")
+    stride = _pair(name, "stride", kernel if stride is None else stride, 1)
     padding = _pair(name, "padding", attrs.get("padding", 0), 0)
     return kernel, stride, padding
 
@@ -224,9 +231,7 @@ def _pool_rule(name):
         ((shape, dtype),) = in_types
         if len(shape) != 4:
             raise ShapeError(f"{name} needs a 4-d NCHW input, got shape {tuple(shape)}")
-        kernel = _pair(name, "kernel_size", attrs["kernel_size"], 1)
-        stride = _pair(name, "stride", attrs.get("stride") or kernel, 1)
-        padding = _pair(name, "padding", attrs.get("padding", 0), 0)
+        kernel, stride, padding = _pool_attrs(name, attrs)
         if any(p > k // 2 for p, k in zip(padding, kernel)):
             raise ShapeError(f"{name}: padding {padding} must be at most half the kernel {kernel}")
         oh = out_size(shape[2], kernel[0], stride[0], padding[0])
@@ -300,11 +305,16 @@ def _stable_shift(x, axis):
     return fe.where(fe.absolute(m) < np.inf, m, 0.0)
 
 
+# The composites below spell their arithmetic as ops (not Python operators), so that on
+# plain numbers and arrays they evaluate eagerly with symgraph's type rules and errors,
+# exactly as on expressions.
+
 def logsumexp(x, axis=None, keepdims=False):
     """log(sum(exp(x))) without overflow: m + log(sum(exp(x - m))), m the maximum."""
     fe = _fe()
     m = _stable_shift(x, axis)
-    out = fe.log(fe.sum(fe.exp(x - m), axis=axis, keepdims=True)) + m
+    shifted = fe.apply("sub", x, m)
+    out = fe.apply("add", fe.log(fe.sum(fe.exp(shifted), axis=axis, keepdims=True)), m)
     # Dropping the kept size-1 axes with a one-element max is exact (NaN and -0.0 included).
     return out if keepdims else fe.max(out, axis=axis)
 
@@ -312,15 +322,15 @@ def logsumexp(x, axis=None, keepdims=False):
 def softmax(x, axis=-1):
     """exp(x - max) / sum(exp(x - max)) along `axis`."""
     fe = _fe()
-    e = fe.exp(x - fe.max(x, axis=axis, keepdims=True))
-    return e / fe.sum(e, axis=axis, keepdims=True)
+    e = fe.exp(fe.apply("sub", x, fe.max(x, axis=axis, keepdims=True)))
+    return fe.apply("div", e, fe.sum(e, axis=axis, keepdims=True))
 
 
 def log_softmax(x, axis=-1):
     """(x - max) - log(sum(exp(x - max))) along `axis`."""
     fe = _fe()
-    s = x - fe.max(x, axis=axis, keepdims=True)
-    return s - fe.log(fe.sum(fe.exp(s), axis=axis, keepdims=True))
+    s = fe.apply("sub", x, fe.max(x, axis=axis, keepdims=True))
+    return fe.apply("sub", s, fe.log(fe.sum(fe.exp(s), axis=axis, keepdims=True)))
 
 
 __all__ = ["avg_pool2d", "conv2d", "log_softmax", "logsumexp", "max_pool2d", "out_size",

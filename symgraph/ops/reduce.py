@@ -12,7 +12,7 @@ import numpy as np
 from .. import dtypes as dt
 from ..errors import ShapeError
 from .elementwise import _lower_add, _lower_maximum, _lower_minimum
-from .registry import Op, Typing, normalize_axes, register
+from .registry import Op, Typing, keepdims_flag, normalize_axes, register
 
 
 def _fe():
@@ -62,7 +62,7 @@ def _reduce_rule(name, accumulate_dtype, needs_identity_free_empty):
         ((shape, dtype),) = in_types
         dtype = dt.default_dtype(dtype) if isinstance(dtype, type) else dtype
         axes = normalize_axes(name, attrs["axes"], len(shape))
-        keepdims = bool(attrs.get("keepdims", False))
+        keepdims = keepdims_flag(name, attrs)
         if needs_identity_free_empty and any(shape[a] == 0 for a in axes):
             raise ShapeError(
                 f"{name} over a zero-size axis has no identity (input shape {tuple(shape)})",

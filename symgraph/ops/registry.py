@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import dtypes as dt
-from ..errors import DTypeError, ShapeError
+from ..errors import ArgumentError, DTypeError, ShapeError
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,13 @@ def normalize_axes(opname: str, axis, ndim: int) -> tuple:
     """Axis argument (None, int or tuple of ints, negatives allowed) as sorted positives."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    if isinstance(axis, (int, np.integer)):
+        axes = (axis,)
+    elif isinstance(axis, (tuple, list)):
+        axes = tuple(axis)
+    else:
+        raise ShapeError(f"{opname}: axis must be an integer or a tuple of integers, got "
+                         f"{str(repr(axis))[:60]}")
     out = []
     for a in axes:
         if not isinstance(a, (int, np.integer)) or isinstance(a, bool):
@@ -148,6 +154,15 @@ def normalize_axes(opname: str, axis, ndim: int) -> tuple:
     if len(set(out)) != len(out):
         raise ShapeError(f"{opname}: repeated axis in {axis!r}")
     return tuple(sorted(out))
+
+
+def keepdims_flag(opname: str, attrs) -> bool:
+    """The keepdims attribute, which must be a bool (numpy's truth value of an array is an
+    error, and a string would always be true)."""
+    value = attrs.get("keepdims", False)
+    if not isinstance(value, (bool, np.bool_, int)) or isinstance(value, np.ndarray):
+        raise ArgumentError(f"{opname}: keepdims must be True or False, got {str(repr(value))[:60]}")
+    return bool(value)
 
 
 def attr_key(attrs: dict[str, Any]) -> tuple:
