@@ -53,6 +53,10 @@ def main():
     calls, errors, other = harness.bad_calls(100_000)
     print(f"malformed calls: {calls}, SymgraphError {errors}, other outcomes {len(other)}, "
           f"crashes 0")
+    from test_api_misuse import _misuse
+    misuses = 20_000 if LONG else 2_000
+    escaped = _misuse(0, misuses)
+    print(f"misused public functions: {misuses} calls, non-SymgraphError escapes {len(escaped)}")
     nu, problems = harness.unusual_calls()
     print(f"unusual valid calls: {nu}, wrong results {len(problems)}")
     from test_serialize import HOSTILE
