@@ -227,6 +227,8 @@ def test_compile_argument_errors():
     _raises(sg.ArgumentError, TypeError, compile, x, inputs=[x, x])
     _raises(sg.ArgumentError, TypeError, compile, x + Variable("y"), inputs=[x])
     _raises(sg.ArgumentError, TypeError, compile, x, opt_level=-1)
+    _raises(sg.ArgumentError, TypeError, compile, x, opt_level=99)  # a file could not load it
+    _raises(sg.ArgumentError, TypeError, compile, x, opt_level=True)
     _raises(sg.ArgumentError, TypeError, compile, x, inputs=["x"])
 
 

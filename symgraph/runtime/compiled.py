@@ -967,8 +967,9 @@ def compile(*outputs, inputs=None, opt_level=2, disable=(), name="symgraph_main"
             if by_name[v.attrs["name"]] is not v:
                 raise ArgumentError(f"two different Variables are named {v.attrs['name']!r}",
                                     locs=(v.loc, by_name[v.attrs['name']].loc))
-    if not isinstance(opt_level, int) or opt_level < 0:
-        raise ArgumentError(f"opt_level must be a non-negative integer, got {opt_level!r}")
+    if not isinstance(opt_level, int) or isinstance(opt_level, bool) or not 0 <= opt_level <= 3:
+        # (a saved file records it, and the loader accepts 0-3)
+        raise ArgumentError(f"opt_level must be 0, 1, 2 or 3, got {opt_level!r}")
     if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
         raise ArgumentError(f"num_threads must be a positive integer, got {num_threads!r}")
     if target == "cuda":  # PTX through LLVM's NVPTX backend; see docs/cuda.md
