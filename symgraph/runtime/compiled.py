@@ -338,6 +338,8 @@ class _CachedExecutable(Executable):
     pass_log = property(lambda self: self._result()[1])
     stages = property(lambda self: self._result()[2])
 
+MAX_THREADS = 1024  # num_threads above this is a mistake, not a machine
+
 # Modules this large are split and their parts compiled in parallel (runtime/worker.py).
 SPLIT_MIN_INSTRUCTIONS = 4_000
 # Graphs this large start compile workers before their passes run, so that the workers are
@@ -950,6 +952,8 @@ def compile(*outputs, inputs=None, opt_level=2, disable=(), name="symgraph_main"
     if inputs is None:
         variables = found
     else:
+        if not isinstance(inputs, (list, tuple)):
+            raise ArgumentError(f"inputs= must be a list of Variables, got {inputs!r}"[:200])
         variables = []
         for v in inputs:
             if not isinstance(v, Expr) or v.op != "var":
@@ -970,8 +974,17 @@ def compile(*outputs, inputs=None, opt_level=2, disable=(), name="symgraph_main"
     if not isinstance(opt_level, int) or isinstance(opt_level, bool) or not 0 <= opt_level <= 3:
         # (a saved file records it, and the loader accepts 0-3)
         raise ArgumentError(f"opt_level must be 0, 1, 2 or 3, got {opt_level!r}")
-    if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
-        raise ArgumentError(f"num_threads must be a positive integer, got {num_threads!r}")
+    if num_threads is not None and (not isinstance(num_threads, int) or isinstance(
+            num_threads, bool) or not 1 <= num_threads <= MAX_THREADS):
+        raise ArgumentError(f"num_threads must be an integer from 1 to {MAX_THREADS}, got "
+                            f"{num_threads!r}")
+    # A saved file or an exported library carries the name: the loader accepts identifiers.
+    if not isinstance(name, str) or not name.isidentifier() or len(name) > 200:
+        raise ArgumentError(f"name must be a Python identifier of at most 200 characters, "
+                            f"got {name!r}"[:300])
+    if not isinstance(disable, (list, tuple, set, frozenset)) or not all(
+            isinstance(d, str) for d in disable):
+        raise ArgumentError(f"disable= must be a list of pass names, got {disable!r}"[:200])
     if target == "cuda":  # PTX through LLVM's NVPTX backend; see docs/cuda.md
         from .cuda import CudaFunction
 

@@ -25,6 +25,7 @@ module it belongs to, which sets LLVM's effort) and the text; a reply is one sta
 """
 from __future__ import annotations
 
+import atexit
 import os
 import struct
 import subprocess
@@ -116,12 +117,14 @@ class _Worker:
         self.served += 1
         return body if status == 0 else None
 
-    def stop(self):
+    def stop(self, timeout=5):
         try:
             self.process.stdin.close()
-            self.process.wait(timeout=5)
+            self.process.wait(timeout=timeout)
         except (OSError, subprocess.TimeoutExpired):
             self.process.kill()
+            self.process.wait()
+        self.process.stdout.close()
 
 
 def _read_exact(stream, count: int) -> bytes:
@@ -225,6 +228,18 @@ def compile_parts(texts, size: int) -> list[bytes]:
         if obj is None:
             objects[i] = cpu.compile_object(texts[i], cpu.target_machine(), size)
     return objects
+
+
+@atexit.register
+def _shutdown():
+    """Stop this process's workers as it exits (they would also exit on their own when their
+    pipe closes, but the process would not have waited for them)."""
+    with _lock:
+        workers = list(_idle) + list(_busy) if _state["pid"] == os.getpid() else []
+        _idle.clear()
+        _busy.clear()
+    for worker in workers:
+        worker.stop(timeout=1)
 
 
 def worker_pid() -> int:
