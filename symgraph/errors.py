@@ -119,5 +119,10 @@ class SerializationError(SymgraphError, ValueError):
     """A saved graph file is malformed, truncated, of another version or hostile."""
 
 
+class StorageError(SymgraphError, OSError):
+    """A file or directory to write (save, export) cannot be written, or a path is not a
+    path."""
+
+
 class NonFiniteError(SymgraphError, FloatingPointError):
     """check_finite found a node that turned finite inputs into NaN or infinity."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import os
 import struct
 import math
 import zipfile
@@ -22,7 +23,7 @@ import numpy as np
 from numpy.lib import format as npformat
 
 from . import dtypes as dt
-from .errors import Loc, SerializationError, SymgraphError
+from .errors import Loc, SerializationError, StorageError, SymgraphError
 from .frontend import Constant, Expr, Variable, apply, find_variables, to_graph
 from .graph import topo_order
 from .ops import REGISTRY
@@ -155,11 +156,22 @@ def dumps(f_or_exprs) -> bytes:
     return buf.getvalue()
 
 
+def check_path(what, path):
+    """A str/bytes/os.PathLike path (an int would be taken for a file descriptor)."""
+    if isinstance(path, bool) or not isinstance(path, (str, bytes, os.PathLike)):
+        raise StorageError(f"{what} needs a file or directory path, got {type(path).__name__}")
+    return path
+
+
 def save(f_or_exprs, path) -> None:
     """Write a compiled function (or output expression(s)) to one file at `path`."""
+    path = check_path("save", path)
     data = dumps(f_or_exprs)
-    with open(path, "wb") as fh:
-        fh.write(data)
+    try:
+        with open(path, "wb") as fh:
+            fh.write(data)
+    except OSError as exc:
+        raise StorageError(f"save: cannot write {path}: {exc.strerror or exc}") from None
 
 
 # --- reading the archive -----------------------------------------------------------------------
@@ -547,6 +559,8 @@ def loads(data: bytes):
 def load(path):
     """The compiled function saved at `path`: same inputs, input order, output structure and
     options. Raises SerializationError for any malformed, truncated or hostile file."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        _fail(f"load needs a file path, got {type(path).__name__}")
     try:
         with open(path, "rb") as fh:
             data = fh.read(MAX_TOTAL_BYTES + 1)

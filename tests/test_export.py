@@ -281,3 +281,26 @@ def test_open_sizes_export_and_run_from_c(tmp_path):
         np.testing.assert_array_equal(got, want["y"])
         assert float.fromhex(lines[batch * 2]) == want["total"]
         assert lines[batch * 2 + 1:batch * 2 + 5] == ["count 1", "negative 1", "huge 1", "ws 1"]
+
+
+def test_unknown_cpu_name_is_an_error_not_an_abort(tmp_path):
+    """LLVM aborts the process on a CPU name it does not know; export asks a separate
+    interpreter first."""
+    f = sg.compile(sg.Variable("a", (2,), "float64") * 2)
+    with pytest.raises(ArgumentError, match="does not know the CPU"):
+        f.export(tmp_path, cpu="nosuchcpu")
+
+
+@needs_cc
+def test_named_cpu_export(tmp_path):
+    lib, _ = model().export(tmp_path, name="named", cpu="x86-64-v2" if export_mod._is_x86()
+                            else "generic")
+    assert os.path.getsize(lib) > 0
+
+
+@pytest.mark.parametrize("directory", [5, None, "/proc/no/such/dir", "/etc/passwd"])
+def test_unwritable_export_directory(directory):
+    f = sg.compile(sg.Variable("a", (2,), "float64") * 2)
+    with pytest.raises(sg.StorageError) as info:
+        f.export(directory)
+    assert isinstance(info.value, OSError)

@@ -514,3 +514,17 @@ def test_ops_without_a_schema_still_reject_bad_attributes(attrs):
     conv["attrs"].update(attrs)
     with pytest.raises(SerializationError):
         serialize.loads(_pack(doc, members))
+
+
+@pytest.mark.parametrize("path", [5, True, None, "/no/such/dir/model.sgz", "/"])
+def test_save_to_a_bad_path_is_a_storage_error(path):
+    f = sg.compile(sg.Variable("x", (3,), "float64") + 1)
+    with pytest.raises(sg.StorageError) as info:
+        sg.save(f, path)
+    assert isinstance(info.value, OSError)
+
+
+@pytest.mark.parametrize("path", [5, None, 2.5])
+def test_load_from_a_non_path(path):
+    with pytest.raises(SerializationError, match="file path"):
+        sg.load(path)

@@ -21,11 +21,12 @@ import numpy as np
 
 from ..codegen import cpu as cpu_target
 from ..codegen.kernel import lower_graph
-from ..errors import ArgumentError, CompileError
+from ..errors import ArgumentError, CompileError, StorageError
 from ..infer import specialize_open
 from ..shapes import NotGeneric, Sym, derived_sizes
 from ..shapes import substitute as size_substitute
 from ..passes import run_passes
+from ..serialize import check_path
 
 C_TYPES = {"bool": "bool", "int32": "int32_t", "int64": "int64_t", "float32": "float",
            "float64": "double"}
@@ -72,6 +73,12 @@ def _target(cpu):
         return name, features.flatten(), wanted
     if not isinstance(cpu, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", cpu):
         raise ArgumentError(f"cpu must be 'native', 'baseline' or an LLVM CPU name, got {cpu!r}")
+    from .worker import cpu_name_known
+
+    if cpu not in (llvm.get_host_cpu_name(), "generic") and not cpu_name_known(cpu):
+        raise ArgumentError(f"LLVM does not know the CPU {cpu!r}",
+                            hint="use 'native', 'baseline' or a name like 'x86-64-v3', "
+                                 "'skylake-avx512', 'znver4'")
     # A named CPU: check the baseline features when it implies them (most x86-64 CPUs do).
     return cpu, "", []
 
@@ -150,7 +157,12 @@ def export(f, directory, name=None, cpu=None):
     workspace = g.graph.get("workspace_bytes", 0)
     derived = derived_sizes(g)  # checked before anything runs
 
-    os.makedirs(directory, exist_ok=True)
+    check_path("export", directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"export: cannot create the directory {directory}: "
+                           f"{exc.strerror or exc}") from None
     header = _header(name, ins, outs, cpu_name, sizes)
     header_path = os.path.join(directory, f"{name}.h")
     lib_path = os.path.join(directory, f"lib{name}.so")
@@ -178,9 +190,13 @@ def export(f, directory, name=None, cpu=None):
         if done.returncode != 0:
             raise CompileError(f"linking lib{name}.so failed ({cc} exited {done.returncode})",
                                details=done.stderr[-4000:])
-        shutil.move(tmp_lib, lib_path)
-    with open(header_path, "w") as fh:
-        fh.write(header)
+        try:
+            shutil.move(tmp_lib, lib_path)
+            with open(header_path, "w") as fh:
+                fh.write(header)
+        except OSError as exc:
+            raise StorageError(f"export: cannot write into {directory}: "
+                               f"{exc.strerror or exc}") from None
     return lib_path, header_path
 
 

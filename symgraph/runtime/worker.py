@@ -26,6 +26,7 @@ module it belongs to, which sets LLVM's effort) and the text; a reply is one sta
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import struct
 import subprocess
@@ -44,9 +45,12 @@ _busy = set()
 
 _READY = b"R"
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The worker's bootstrap: make `symgraph` a bare package (its __init__ not run) and serve.
-_BOOTSTRAP = ("import sys, types; p = types.ModuleType('symgraph'); p.__path__ = [sys.argv[1]];"
-              " sys.modules['symgraph'] = p; from symgraph.runtime.worker import _serve; _serve()")
+# A bare interpreter's bootstrap: `symgraph` as a package whose __init__ does not run.
+_BARE = ("import sys, types; p = types.ModuleType('symgraph'); p.__path__ = [sys.argv[1]];"
+         " sys.modules['symgraph'] = p; ")
+_BOOTSTRAP = _BARE + "from symgraph.runtime.worker import _serve; _serve()"
+_CPU_PROBE = _BARE + ("import llvmlite.binding as llvm; from symgraph.codegen import cpu; "
+                      "cpu.target_machine(sys.argv[2], '').emit_object(llvm.parse_assembly(''))")
 
 
 def _mode() -> str:
@@ -240,6 +244,20 @@ def _shutdown():
         _busy.clear()
     for worker in workers:
         worker.stop(timeout=1)
+
+
+@functools.lru_cache(maxsize=64)
+def cpu_name_known(name: str) -> bool:
+    """Whether LLVM generates code for the CPU `name`. Asked in a separate interpreter: for
+    a name it does not know, LLVM warns, falls back to a subtarget without 64-bit mode and
+    then aborts the whole process."""
+    try:
+        done = subprocess.run([sys.executable, "-c", _CPU_PROBE, _PACKAGE_ROOT, name],
+                              capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, SYMGRAPH_COMPILE_WORKER="0"))
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0 and "not a recognized processor" not in done.stderr
 
 
 def worker_pid() -> int:
