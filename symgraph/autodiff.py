@@ -65,6 +65,9 @@ def vjp(y, wrt, cotangent):
                              f"output's shape {y.shape}", locs=(user_loc(), y.loc))
         cotangent = fe.broadcast_to(cotangent, y.shape)
     single = isinstance(wrt, Expr)
+    if not single and not isinstance(wrt, (list, tuple)):
+        raise ArgumentError(f"grad/vjp differentiate with respect to an expression or a list "
+                            f"of them, got {type(wrt).__name__}", locs=(user_loc(),))
     targets = [wrt] if single else list(wrt)
     for t in targets:
         if not isinstance(t, Expr):

@@ -6,7 +6,9 @@ native code. On plain numpy values every function here runs eagerly, in Python.
 """
 from __future__ import annotations
 
-from .errors import ArgumentError, user_loc
+import numpy as np
+
+from .errors import ArgumentError, ShapeError, user_loc
 from .frontend import Expr, Variable, _ids, apply, as_expr
 from .ops.control import Body
 
@@ -73,13 +75,34 @@ def _results(node, count, structure):
     return list(items) if structure == "list" else tuple(items)
 
 
+def _require_callable(api, what, fn):
+    if not callable(fn):
+        raise ArgumentError(f"{api}: {what} must be a function, got {type(fn).__name__}",
+                            locs=(user_loc(),))
+
+
+def _concrete_truth(api, what, value):
+    """bool() of a concrete predicate, which must hold one element (numpy's rule)."""
+    try:
+        array = np.asarray(value)
+    except Exception:  # an object numpy cannot read
+        array = None
+    if array is None or array.size != 1 or array.dtype.kind not in "biuf":
+        raise ShapeError(f"{api}: {what} must be one boolean or number, got "
+                         f"{str(repr(value))[:60]}", locs=(user_loc(),))
+    return bool(array.reshape(()))
+
+
 def cond(pred, true_fn, false_fn, *operands):
     """Run ``true_fn(*operands)`` if the 0-d `pred` holds, else ``false_fn(*operands)``.
 
     Only the taken branch runs. Both must return the same structure, shapes and dtypes.
     """
+    _require_callable("cond", "true_fn", true_fn)
+    _require_callable("cond", "false_fn", false_fn)
     if not any(isinstance(v, Expr) for v in (pred, *operands)):
-        return true_fn(*operands) if bool(pred) else false_fn(*operands)
+        return (true_fn(*operands) if _concrete_truth("cond", "the predicate", pred)
+                else false_fn(*operands))
     exprs = [as_expr(o) for o in operands]
     t_params, t_out, t_struct, t_cap = _trace(true_fn, exprs, "true branch")
     t_loc = user_loc()
@@ -99,12 +122,14 @@ def while_loop(cond_fn, body_fn, loop_vars, max_iters=None):
 
     Loop variables keep their shapes and dtypes. With `max_iters`, reaching it is an error.
     """
+    _require_callable("while_loop", "cond_fn", cond_fn)
+    _require_callable("while_loop", "body_fn", body_fn)
     values = list(loop_vars) if isinstance(loop_vars, (tuple, list)) else [loop_vars]
     if max_iters is not None and (not isinstance(max_iters, int) or max_iters < 0):
         raise ArgumentError(f"max_iters must be a non-negative int, got {max_iters!r}")
     if not any(isinstance(v, Expr) for v in values):
         steps = 0
-        while bool(cond_fn(*values)):
+        while _concrete_truth("while_loop", "cond_fn's result", cond_fn(*values)):
             if max_iters is not None and steps >= max_iters:
                 from .errors import ExecutionError
 
@@ -135,6 +160,14 @@ def fori_loop(lower, upper, body_fn, init):
     With Python int bounds it is a scan over the indices (so grad differentiates it);
     with symbolic bounds, a while_loop.
     """
+    _require_callable("fori_loop", "body_fn", body_fn)
+    for what, bound in (("lower", lower), ("upper", upper)):
+        if not isinstance(bound, Expr) and (isinstance(bound, bool)
+                                            or not isinstance(bound, (int, np.integer))):
+            raise ArgumentError(f"fori_loop: {what} must be an integer or an expression, got "
+                                f"{str(repr(bound))[:60]}", locs=(user_loc(),))
+    lower = int(lower) if isinstance(lower, np.integer) else lower
+    upper = int(upper) if isinstance(upper, np.integer) else upper
     single = not isinstance(init, (tuple, list))
     values = [init] if single else list(init)
 
@@ -144,8 +177,6 @@ def fori_loop(lower, upper, body_fn, init):
 
     symbolic = any(isinstance(v, Expr) for v in (lower, upper, *values))
     if symbolic and isinstance(lower, int) and isinstance(upper, int):
-        import numpy as np
-
         from .frontend import Constant
 
         indices = Constant(np.arange(lower, max(lower, upper), dtype=np.int64))
@@ -167,6 +198,13 @@ def _fn_loc(fn):
     return Loc(code.co_filename, code.co_firstlineno, code.co_name)
 
 
+def _carry_and_y(result, fn):
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        raise ArgumentError(f"scan: fn must return a pair (carry, y), got "
+                            f"{str(repr(result))[:60]}", locs=(_fn_loc(fn), user_loc()))
+    return result
+
+
 def scan(fn, init, xs):
     """``carry, y = fn(carry, x)`` for each x along the leading axis of `xs`; returns
     ``(carry, ys)`` with the ys stacked, as ``jax.lax.scan``. `init` and `xs` may be single
@@ -175,13 +213,21 @@ def scan(fn, init, xs):
     xs_single = not isinstance(xs, (tuple, list))
     carry = [init] if carry_single else list(init)
     xs_list = [xs] if xs_single else list(xs)
+    _require_callable("scan", "fn", fn)
+    if not xs_list:
+        raise ArgumentError("scan needs at least one array in xs", locs=(user_loc(),))
     if not any(isinstance(v, Expr) for v in (*carry, *xs_list)):
-        import numpy as np
-
+        arrays = [np.asarray(x) for x in xs_list]
+        if any(a.ndim == 0 for a in arrays) or len({len(a) for a in arrays}) != 1 or \
+                not len(arrays[0]):
+            raise ShapeError("scan: concrete xs need one leading axis of the same nonzero "
+                             f"length, got shapes {[a.shape for a in arrays]}",
+                             locs=(user_loc(),))
         ys = []
-        for i in range(len(np.asarray(xs_list[0]))):
-            row = [np.asarray(x)[i] for x in xs_list]
-            c, y = fn(carry[0] if carry_single else tuple(carry), row[0] if xs_single else tuple(row))
+        for i in range(len(arrays[0])):
+            row = [a[i] for a in arrays]
+            c, y = _carry_and_y(fn(carry[0] if carry_single else tuple(carry),
+                                   row[0] if xs_single else tuple(row)), fn)
             carry = [c] if carry_single else list(c)
             ys.append(y)
         stacked = (np.stack([np.asarray(y) for y in ys]) if not isinstance(ys[0], (tuple, list))
@@ -196,7 +242,8 @@ def scan(fn, init, xs):
     def flat_fn(*args):
         c = args[:n_carry]
         r = args[n_carry:]
-        new_carry, y = fn(c[0] if carry_single else tuple(c), r[0] if xs_single else tuple(r))
+        new_carry, y = _carry_and_y(fn(c[0] if carry_single else tuple(c),
+                                       r[0] if xs_single else tuple(r)), fn)
         new_carry = [new_carry] if carry_single else list(new_carry)
         if len(new_carry) != n_carry:
             raise ArgumentError(f"scan body returned {len(new_carry)} carry values for {n_carry}")

@@ -12,7 +12,7 @@ import functools
 import inspect
 import threading
 
-from .errors import ArgumentError
+from .errors import ArgumentError, user_loc
 from .frontend import Expr, Variable
 from .runtime.compiled import CacheInfo, compile, prepare_input
 
@@ -138,6 +138,9 @@ def jit(fn=None, *, static_argnames=(), static_argnums=(), shapes=None, **option
     if isinstance(static_argnums, int):
         static_argnums = (static_argnums,)
     if fn is None:
-        return lambda f: JitFunction(f, static_argnames, static_argnums, shapes, **options)
+        return lambda f: jit(f, static_argnames=static_argnames, static_argnums=static_argnums,
+                             shapes=shapes, **options)
+    if not callable(fn):
+        raise ArgumentError(f"jit needs a function, got {type(fn).__name__}", locs=(user_loc(),))
     return JitFunction(fn, static_argnames, static_argnums, shapes, **options)
 

@@ -166,3 +166,32 @@ def test_constants_fold_into_branches_and_loops():
               for _, bd in body.nodes(data=True) if bd["op"] == "const"]
     assert any(np.array_equal(c, 3.0) for c in consts) and any(np.array_equal(c, 6.0) for c in consts)
     np.testing.assert_array_equal(f(np.ones(3)), evaluate(z, x=np.ones(3)))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: sg.cond(True, 5, lambda: 1), "true_fn must be a function"),
+    (lambda: sg.cond(np.array([True, False]), lambda: 1, lambda: 2), "one boolean"),
+    (lambda: sg.cond("yes", lambda: 1, lambda: 2), "one boolean"),
+    (lambda: sg.while_loop(lambda a: a < 3, None, (0,)), "body_fn must be a function"),
+    (lambda: sg.while_loop(lambda a: np.zeros(2), lambda a: a + 1, (0,)), "one boolean"),
+    (lambda: sg.fori_loop(0, 2.5, lambda i, x: x, 1), "upper must be an integer"),
+    (lambda: sg.fori_loop(True, 3, lambda i, x: x, 1), "lower must be an integer"),
+    (lambda: sg.scan(lambda c, x: c + x, 0, np.arange(3)), "must return a pair"),
+    (lambda: sg.scan(lambda c, x: (c, x), 0, np.float64(2.0)), "leading axis"),
+    (lambda: sg.scan(lambda c, x: (c, x), 0, []), "at least one array"),
+    (lambda: sg.scan(lambda c, x: c, Variable("c"), Variable("xs", shape=(3,))),
+     "must return a pair"),
+    (lambda: sg.jit(5), "needs a function"),
+    (lambda: sg.jit(static_argnums=0)(5), "needs a function"),
+    (lambda: sg.grad(Variable("x") * 2, "x"), "list"),
+])
+def test_control_flow_arguments_are_checked(call, message):
+    """Misused control-flow, jit and grad arguments raise SymgraphError, not Python's."""
+    with pytest.raises(sg.SymgraphError, match=message):
+        call()
+
+
+def test_concrete_predicates_accept_numpy_scalars():
+    assert sg.cond(np.bool_(False), lambda: 1, lambda: 2) == 2
+    assert sg.cond(np.array([1.0]), lambda: 1, lambda: 2) == 1
+    assert sg.fori_loop(np.int64(0), np.int32(4), lambda i, x: x + i, 0) == 6
