@@ -1,11 +1,13 @@
 """compile() and the compiled function: specialization cache and the per-call path.
 
-The per-call path is short on purpose: bind arguments, check each array (dtype,
-contiguity) in a few attribute reads, look the signature up, allocate outputs with numpy,
-and call native code through ctypes with the arrays themselves as arguments: a generated
-wrapper reads each array's data pointer, so no Python-side pointer extraction is needed.
-ctypes releases the GIL for the call, so threads run one compiled function in parallel;
-intermediates live in a workspace the native code allocates per call.
+A call first reaches a native entry (runtime/native_call.py) that serves the common case,
+the declared inputs as C-contiguous arrays of one specialization's types, entirely in
+native code. Every other call takes the Python dispatcher: bind arguments, check each
+array (dtype, contiguity) in a few attribute reads, look the signature up, allocate
+outputs with numpy, and call native code through ctypes with the arrays themselves as
+arguments (a generated wrapper reads each array's data pointer). Both release the GIL for
+the kernels, so threads run one compiled function in parallel; intermediates live in a
+workspace the native code allocates per call.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import ctypes
 import gc
 import keyword
 import math
+import operator
 import os
 import threading
 
@@ -49,6 +52,8 @@ from ..ops.elementwise import ERR_NEGATIVE_INT_POWER
 from ..passes import VERIFY_DEFAULT, pipeline, run_passes
 from . import cache as persistent_cache
 from . import worker
+from . import native_call
+from .native_call import NativeCall, add_native_entry
 
 CacheInfo = collections.namedtuple("CacheInfo", ["hits", "misses", "compilations"])
 
@@ -534,6 +539,10 @@ class CompiledFunction:
             v.attrs.get("shape") is not None for v in variables) and any(
             d is None or isinstance(d, str) for v in variables for d in v.attrs["shape"])
         self._fast = self._generate_fast_path()
+        # What a call runs: the Python dispatcher, until a specialization's native entry
+        # (runtime/native_call.py) takes over the calls it can serve.
+        self._entry = self._dispatch
+        self._native = None
         declared = [v.attrs.get("shape") is not None and all(isinstance(d, int) for d in v.attrs["shape"])
                     and v.attrs.get("dtype") is not None for v in variables]
         if all(declared):
@@ -603,6 +612,8 @@ class CompiledFunction:
         one), calls that needed new code (misses), and compilations done."""
         unique = {id(exe): exe for exe in list(self._specializations.values())}
         hits = sum(exe.hits for exe in unique.values())
+        if self._native is not None:
+            hits += self._native.hits
         return CacheInfo(hits + self._disk_hits, self._misses, self._compilations)
 
     def _require_latest(self):
@@ -646,7 +657,11 @@ class CompiledFunction:
             key += (a.dtype, a.shape, a.strides)
         return tuple(key)
 
-    def __call__(self, *args, **kwargs):
+    # A property, so that f(...) reaches the native entry without a Python frame.
+    __call__ = property(operator.attrgetter("_entry"),
+                        doc="Call with arrays by name or position (see the class docstring).")
+
+    def _dispatch(self, *args, **kwargs):
         try:
             return self._fast(*args, **kwargs)
         except TypeError as exc:
@@ -873,6 +888,12 @@ def fast({params}{', ' if params else ''}*, out=None):
             self._count_build(exe)
             self._specializations[key] = exe
             self._latest = exe
+            symbol = getattr(exe, "native_symbol", None)
+            if symbol and native_call.ENABLED and self._native is None and \
+                    key == _contiguous_key(types):
+                self._native = NativeCall(exe.library, symbol, self.inputs, types,
+                                          exe.out_types[0], self._dispatch, self.name)
+                self._entry = self._native.function
             return exe
 
     def _build(self, types):
@@ -880,7 +901,9 @@ def fast({params}{', ' if params else ''}*, out=None):
         g = specialize(self._template, signature)
         _check_call_memory(g)
         n_args = len(self.inputs) + len(g.graph["outputs"])
-        options = (self.opt_level, self.disable, tuple(self.passes), self.num_threads)
+        # The native entry's code reads object fields at probed offsets: part of the key.
+        options = (self.opt_level, self.disable, tuple(self.passes), self.num_threads,
+                   native_call.LAYOUT_KEY)
         # check_finite code reports node numbers assigned while lowering: always lower it.
         key = None if self.check_finite or DUMP_DIR else persistent_cache.key_for(
             g, self.name, options)
@@ -892,8 +915,11 @@ def fast({params}{', ' if params else ''}*, out=None):
         g, log, stages = self._optimize(g)
         module, wrapper, check_sites = self._lower(g)
         out_types = [(g.nodes[o]["shape"], g.nodes[o]["dtype"]) for o in g.graph["outputs"]]
+        native = None
+        if self.structure.kind == "single" and not self.check_finite:
+            native = add_native_entry(module, self.name, types, len(out_types))
         meta = {"workspace_bytes": int(g.graph.get("workspace_bytes", 0)),
-                "out_types": [[list(s), d.str] for s, d in out_types]}
+                "out_types": [[list(s), d.str] for s, d in out_types], "native": native}
         library = _code_library(module, self.name, key, meta)
         if DUMP_DIR:
             from ..inspect import dump_compilation
@@ -903,6 +929,7 @@ def fast({params}{', ' if params else ''}*, out=None):
         cfunc = signature(library.address(wrapper))
         exe = Executable(g, log, library, cfunc, out_types, stages)
         exe.check_sites = check_sites
+        exe.native_symbol = native
         return exe
 
     def _lower(self, g):
@@ -931,8 +958,10 @@ def fast({params}{', ' if params else ''}*, out=None):
         signature = ctypes.CFUNCTYPE(ctypes.c_int32, *([ctypes.py_object] * (n_args + 1)))
         cfunc = signature(library.address(f"{self.name}.py"))
         out_types = [(tuple(s), np.dtype(d)) for s, d in meta["out_types"]]
-        return _CachedExecutable(lambda: self._optimize(g), library, cfunc, out_types,
-                                 meta["workspace_bytes"])
+        exe = _CachedExecutable(lambda: self._optimize(g), library, cfunc, out_types,
+                                meta["workspace_bytes"])
+        exe.native_symbol = meta.get("native")
+        return exe
 
 
 def compile(*outputs, inputs=None, opt_level=2, disable=(), name="symgraph_main", verify=None,

@@ -1,0 +1,209 @@
+"""The native call entry (runtime/native_call.py): the calls it serves give the Python
+dispatcher's results, and every call it cannot serve reaches the dispatcher unchanged."""
+import gc
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import symgraph as sg
+from symgraph import Variable, compile, evaluate
+from symgraph.runtime import native_call
+
+pytestmark = pytest.mark.skipif(not native_call.ENABLED, reason="no native entry on this "
+                                "interpreter (not 64-bit CPython, or layout probe failed)")
+
+
+def _model():
+    a = Variable("a", (3, 4), "float64")
+    b = Variable("b", (4,), "float64")
+    return a, b, (a * b + b) / 3.0  # correctly rounded ops: bit-exact vs the interpreter
+
+
+def _inputs():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((3, 4)), rng.standard_normal(4)
+
+
+def test_declared_shapes_get_a_native_entry_that_matches_the_interpreter():
+    a, b, y = _model()
+    f = compile(y)
+    assert f._native is not None
+    x1, x2 = _inputs()
+    want = evaluate(y, a=x1, b=x2)
+    before = f.cache_info().hits
+    for got in (f(x1, x2), f(a=x1, b=x2), f(x1, b=x2), f(b=x2, a=x1)):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(f._dispatch(x1, x2), want)
+    assert f._native.hits == 4
+    assert f.cache_info().hits == before + 5  # and one through the dispatcher
+
+
+def test_outputs_are_fresh_arrays():
+    a, b, y = _model()
+    f = compile(y)
+    x1, x2 = _inputs()
+    first, second = f(x1, x2), f(x1, x2)
+    assert first is not second and not np.shares_memory(first, second)
+    assert first.flags.owndata and first.flags.writeable
+
+
+@pytest.mark.parametrize("call", [
+    lambda f, x1, x2: f(x1[:, ::-1].copy()[:, ::-1], x2),          # negative strides
+    lambda f, x1, x2: f(np.asfortranarray(x1), x2),                 # Fortran order
+    lambda f, x1, x2: f(x1.tolist(), x2),                           # a list
+    lambda f, x1, x2: f(x1.astype(">f8"), x2),                      # byte-swapped
+    lambda f, x1, x2: f(x1.view(_Sub), x2),                         # an ndarray subclass
+    lambda f, x1, x2: f(**{"".join(["a"]): x1, "b": x2}),           # a name not interned
+    lambda f, x1, x2: f(x1, x2, out=np.empty((3, 4))),              # out=
+    lambda f, x1, x2: f(_misaligned(x1), x2),                       # unaligned data
+])
+def test_unusual_valid_calls_take_the_dispatcher_and_match(call):
+    a, b, y = _model()
+    f = compile(y)
+    x1, x2 = _inputs()
+    np.testing.assert_array_equal(call(f, x1, x2), evaluate(y, a=x1, b=x2))
+
+
+class _Sub(np.ndarray):
+    pass
+
+
+def _misaligned(x):
+    raw = np.empty(x.nbytes + 1, np.uint8)
+    view = raw[1:].view(x.dtype).reshape(x.shape)
+    view[...] = x
+    assert not view.flags.aligned
+    return view
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda f, x1, x2: f(x1), "b"),                                  # missing
+    (lambda f, x1, x2: f(x1, x2, x2), "3"),                          # too many
+    (lambda f, x1, x2: f(x1, b=x2, c=x2), "c"),                      # unknown name
+    (lambda f, x1, x2: f(x1, a=x1, b=x2), "a"),                      # given twice
+    (lambda f, x1, x2: f(x1[:2], x2), "a"),                          # wrong shape
+    (lambda f, x1, x2: f(x1.astype(np.float32), x2), "a"),           # wrong dtype
+    (lambda f, x1, x2: f("text", x2), "a"),                          # not an array
+])
+def test_bad_calls_still_raise_symgraph_errors(call, error):
+    a, b, y = _model()
+    f = compile(y)
+    x1, x2 = _inputs()
+    with pytest.raises(sg.SymgraphError, match=error):
+        call(f, x1, x2)
+
+
+def test_a_failing_status_raises_the_dispatchers_error():
+    n = Variable("n", (3,), "int64")
+    f = compile(n ** n)
+    assert f._native is not None
+    np.testing.assert_array_equal(f(np.array([1, 2, 3])), [1, 4, 27])
+    with pytest.raises(sg.SymgraphError, match="negative"):
+        f(np.array([1, -2, 3]))
+
+
+def test_reference_counts_do_not_move():
+    a, b, y = _model()
+    f = compile(y)
+    x1, x2 = _inputs()
+    n = Variable("n", (3,), "int64")
+    g = compile(n ** n)
+    bad = np.array([1, -2, 3])
+    watched = [x1, x2, x1.dtype, np.empty]
+    f(x1, x2), f(x1.tolist(), x2)
+    gc.collect()
+    before = [sys.getrefcount(o) for o in watched]
+    for _ in range(2000):
+        f(x1, x2)
+        f(a=x1, b=x2)
+        f(x1.tolist(), x2)
+    bad_before = sys.getrefcount(bad)
+    for _ in range(200):
+        with pytest.raises(sg.SymgraphError):
+            g(bad)
+    gc.collect()
+    assert [sys.getrefcount(o) for o in watched] == before
+    assert sys.getrefcount(bad) == bad_before
+
+
+def test_the_entry_outlives_the_function_object():
+    a, b, y = _model()
+    x1, x2 = _inputs()
+    f = compile(y)
+    call = f.__call__
+    want = f(x1, x2)
+    del f
+    gc.collect()
+    np.testing.assert_array_equal(call(x1, x2), want)
+
+
+def test_functions_of_no_inputs_and_0d_inputs():
+    f = compile(sg.Constant(np.arange(4.0)) * 2)
+    np.testing.assert_array_equal(f(), np.arange(4.0) * 2)
+    s = Variable("s", (), "float32")
+    g = compile(s + 1)
+    assert g._native is not None
+    assert g(np.float32(2.0).reshape(())) == np.float32(3.0)
+    np.testing.assert_array_equal(g(np.array(2.0, np.float32)), np.array(3.0, np.float32))
+
+
+def test_first_call_specializations_get_the_entry():
+    x = Variable("x")
+    f = compile(x * 2)
+    assert f._native is None
+    data = np.arange(5.0)
+    np.testing.assert_array_equal(f(data), data * 2)
+    assert f._native is not None
+    np.testing.assert_array_equal(f(x=data), data * 2)
+    # Another shape is served by the dispatcher, through the same entry.
+    np.testing.assert_array_equal(f(np.arange(7.0)), np.arange(7.0) * 2)
+    assert f.cache_info().misses == 2
+
+
+def test_calls_from_many_threads_agree():
+    a, b, y = _model()
+    f = compile(y)
+    x1, x2 = _inputs()
+    want = f(x1, x2)
+    failures = []
+
+    def work():
+        for _ in range(500):
+            if not np.array_equal(f(x1, x2), want):
+                failures.append(1)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+
+
+def test_the_disk_cache_keeps_the_entry(tmp_path):
+    script = (
+        "import numpy as np, symgraph as sg\n"
+        "x = sg.Variable('x', (4,), 'float64')\n"
+        "f = sg.compile(sg.exp(x) * 3)\n"
+        "print(f._native is not None, f.cache_info().compilations, f(np.ones(4))[0])\n")
+    env = dict(os.environ, SYMGRAPH_CACHE_DIR=str(tmp_path))
+    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                           text=True, check=True).stdout.split() for _ in range(2)]
+    assert runs[0][:2] == ["True", "1"] and runs[1][:2] == ["True", "0"]
+    assert runs[0][2] == runs[1][2]
+
+
+def test_the_entry_can_be_switched_off():
+    script = (
+        "import numpy as np, symgraph as sg\n"
+        "x = sg.Variable('x', (4,), 'float64')\n"
+        "f = sg.compile(x + 1)\n"
+        "print(f._native is None, f(np.ones(4)).tolist())\n")
+    env = dict(os.environ, SYMGRAPH_NATIVE_CALL="0")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split(None, 1) == ["True", "[2.0, 2.0, 2.0, 2.0]\n"]
