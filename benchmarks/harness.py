@@ -83,10 +83,14 @@ def measure(fn, *, repeat=7, warmup=1, min_sample_s=0.02, max_total_s=3.0) -> Ti
 
 
 def measure_interleaved(fns: dict, *, repeat=7, warmup=1, min_sample_s=0.02,
-                        max_total_s=6.0) -> dict:
+                        max_total_s=6.0, settle_s=0.0) -> dict:
     """Time several engines doing the same work, one sample of each in turn, so that every
     engine's median comes from the same stretch of time: on a shared machine whose speed
-    drifts, their ratios then hold even when the absolute times move. {name: Timing}."""
+    drifts, their ratios then hold even when the absolute times move. {name: Timing}.
+
+    `settle_s` is a pause before each sample: multi-threaded peers whose pools spin for a
+    while after a call (OpenBLAS's do, for about 0.1 s) would otherwise take cores from
+    the engine timed next."""
     inner = {}
     for name, fn in fns.items():
         n, t = _calibrate(fn, warmup, min_sample_s)
@@ -96,6 +100,8 @@ def measure_interleaved(fns: dict, *, repeat=7, warmup=1, min_sample_s=0.02,
     samples = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            if settle_s:
+                time.sleep(settle_s)
             samples[name].append(_sample(fn, inner[name][0]))
     out = {}
     for name, xs in samples.items():

@@ -1,6 +1,7 @@
 """Issue 6's models: SGEMM 1024^3, the 512-256-128-2 MLP at batch 1 and 256, and conv2d
 (8, 64, 56, 56) with 64 3x3 filters, against numpy and (when installed) torch, jax.jit and
-onnxruntime, at one and two threads. numpy's BLAS threads are pinned with threadpoolctl
+onnxruntime, at one and two threads; and symgraph itself at one and two threads (the tanh/exp
+expression, SGEMM, conv2d). numpy's BLAS threads are pinned with threadpoolctl
 when it is installed; jax's thread count is fixed when it starts, so its rows say so."""
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from harness import fmt_ratio, fmt_time, measure_interleaved, optional, table
 import symgraph as sg
 
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+SETTLE_S = 0.15  # pause before each multi-threaded sample (see measure_interleaved)
 
 
 @contextlib.contextmanager
@@ -193,13 +195,45 @@ def run(quick=False):
         with blas_threads(threads):
             _add(rows, case, threads, engines, 3 if quick else 7)
 
-    return {"rows": rows, "targets": _targets(rows)}
+    scaling = _scaling(rng, quick)
+    return {"rows": rows, "scaling": scaling, "targets": _targets(rows, scaling)}
 
 
 def _add(rows, case, threads, engines, repeat):
-    """Rows for one case: every engine timed in turn (harness.measure_interleaved)."""
-    for engine, timing in measure_interleaved(engines, repeat=repeat).items():
+    """Rows for one case: every engine timed in turn (harness.measure_interleaved), with a
+    pause before each sample when peers run thread pools that spin after a call."""
+    settle = SETTLE_S if threads > 1 else 0.0
+    for engine, timing in measure_interleaved(engines, repeat=repeat, settle_s=settle).items():
         rows.append((case, threads, engine, timing.median))
+
+
+def _scaling(rng, quick):
+    """symgraph at one and two threads, timed in turn, for the compute-bound loops: the
+    tanh/exp expression, SGEMM and conv2d. [(case, 1-thread seconds, 2-thread seconds)]."""
+    if CORES < 2:
+        return []
+    n = 10**6 if quick else 10**7
+    a, b, c = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
+    A, B, C = sg.Variable("a"), sg.Variable("b"), sg.Variable("c")
+    expr = sg.tanh(A * B + C) * sg.exp(-A) + sg.sqrt(abs(B)) - 0.5 * C
+    m = 512 if quick else 1024
+    x, y = (rng.standard_normal((m, m)).astype(np.float32) for _ in range(2))
+    img = rng.standard_normal((2 if quick else 8, 64, 56, 56)).astype(np.float32)
+    ker = (rng.standard_normal((64, 64, 3, 3)) * 0.05).astype(np.float32)
+    cases = [(f"tanh/exp expression {n:.0e} f32", expr, (a, b, c)),
+             (f"sgemm {m}^3", sg.Variable("a") @ sg.Variable("b"), (x, y)),
+             (f"conv2d {img.shape} 64x3x3",
+              sg.conv2d(sg.Variable("x"), sg.Variable("w"), padding=1), (img, ker))]
+    out = []
+    for case, graph, args in cases:
+        fns = {}
+        for threads in (1, 2):
+            f = sg.compile(graph, num_threads=threads)
+            f(*args)
+            fns[threads] = (lambda f=f: f(*args))
+        timing = measure_interleaved(fns, repeat=5 if quick else 9)
+        out.append((case, timing[1].median, timing[2].median))
+    return out
 
 
 def _time(rows, case_prefix, threads, engine):
@@ -209,14 +243,14 @@ def _time(rows, case_prefix, threads, engine):
     return None
 
 
-def _targets(rows):
+def _targets(rows, scaling):
     targets = []
     sg1, np1 = _time(rows, "sgemm", 1, "symgraph"), _time(rows, "sgemm", 1, "numpy")
     if sg1 and np1:
         targets.append(("SGEMM, 1 thread: speed vs numpy's BLAS", ">= 0.70x", np1 / sg1, np1 / sg1 >= 0.7))
-    sg2 = _time(rows, "sgemm", 2, "symgraph")
-    if sg1 and sg2:
-        targets.append(("SGEMM: 2 threads vs 1", ">= 1.80x", sg1 / sg2, sg1 / sg2 >= 1.8))
+    for case, one, two in scaling:
+        label, goal = case.split(" ")[0], (1.8 if case.startswith("sgemm") else 1.7)
+        targets.append((f"{label}: 2 threads vs 1", f">= {goal:.2f}x", one / two, one / two >= goal))
     m1, n1 = _time(rows, "mlp batch 1 ", 1, "symgraph"), _time(rows, "mlp batch 1 ", 1, "numpy")
     if m1 and n1:
         targets.append(("MLP batch 1, 1 thread: speedup over numpy", ">= 3.00x", n1 / m1, n1 / m1 >= 3))
@@ -239,4 +273,10 @@ def report(result) -> str:
     base = {(c, t): s for c, t, e, s in rows if e == "symgraph"}
     body = [[c, str(t), e, fmt_time(s), fmt_ratio(s / base[(c, t)]) if (c, t) in base else "n/a"]
             for c, t, e, s in rows]
-    return table(["case", "threads", "engine", "median", "time / symgraph's"], body)
+    text = table(["case", "threads", "engine", "median", "time / symgraph's"], body)
+    if result.get("scaling"):
+        text += "\n\nsymgraph at 1 and 2 threads, timed in turn:\n" + table(
+            ["case", "1 thread", "2 threads", "speedup"],
+            [[c, fmt_time(one), fmt_time(two), fmt_ratio(one / two)]
+             for c, one, two in result["scaling"]])
+    return text

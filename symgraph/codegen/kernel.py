@@ -34,6 +34,12 @@ ERR_NO_MEMORY = 2
 ERR_NONFINITE_BASE = 16  # status 16 + k: check site k went non-finite (check_finite)
 NO_CHECK_FAILED = (1 << 62)
 PARALLEL_MIN_ELEMENTS = 1 << 17
+# Chunks per thread of a parallel loop, claimed in turn: with several each, a core that
+# other work slows down runs fewer of them instead of holding every other core up.
+CHUNKS_PER_THREAD = 4
+MATMUL_CHUNK_ROWS = 16  # matmul chunks start on whole register tiles of rows
+# Each matmul chunk packs its own copy of B: more chunks measured slower (B packed again).
+MATMUL_CHUNKS_PER_THREAD = 1
 _TRIG = frozenset({"sin", "cos", "tan"})
 # Multiply-adds below which a matmul stays on one thread: starting a thread (tens of us in a
 # VM) and each thread packing B again cost more than half the product saves.
@@ -524,8 +530,8 @@ class GraphLowering:
             b.call(exact, list(fn.args))
 
     def _parallel_plan(self, root, members):
-        """(extent, mode, guards) when the kernel's outermost loop is worth splitting across
-        threads. With symbolic sizes the choice is made for a large size (TYPICAL_SIZE), and
+        """(extent, mode, guards, align) when the kernel's outermost loop is worth splitting
+        across threads (chunk bounds are multiples of `align`). With symbolic sizes the choice is made for a large size (TYPICAL_SIZE), and
         `guards`, pairs (size, minimum), let the code run the chunks on one thread when a
         call's sizes are too small to pay for threads."""
         g = self.g
@@ -565,66 +571,73 @@ class GraphLowering:
             if _typical(rows) < 32 or _typical(flops) < PARALLEL_MIN_FLOPS:
                 return None
             guards = [(rows, 32), (flops, PARALLEL_MIN_FLOPS)] if isinstance(rows, Sym) else []
-            return rows, "outer", guards
+            return rows, "outer", guards, MATMUL_CHUNK_ROWS, MATMUL_CHUNKS_PER_THREAD
         else:
             return None
         if _typical(work) < PARALLEL_MIN_ELEMENTS or _typical(extent) < 2:
             return None
         guards = [(work, PARALLEL_MIN_ELEMENTS)] if isinstance(work, Sym) else []
-        return extent, mode, guards
+        return extent, mode, guards, 1, CHUNKS_PER_THREAD
 
     def _parallel_dispatcher(self, name, range_fn, n_fixed, root, plan):
-        """The kernel as the entry calls it: split [0, extent) into one fixed chunk per thread,
-        run chunk 0 here and the others on new threads, then join (no thread idles or spins).
-        Chunk bounds depend only on the extent and thread count: results never depend on
-        timing. A thread that cannot be created runs its chunk here instead, and so do all
-        chunks when a guard finds the sizes too small: the same chunks, the same results."""
-        extent, mode, guards = plan
+        """The kernel as the entry calls it: [0, extent) in CHUNKS_PER_THREAD fixed chunks per
+        thread, which this thread and new ones claim in turn from a shared counter until
+        none is left; then join (no thread idles or spins). A chunk's bounds depend only on
+        the extent and the thread count, and full reductions keep one partial per chunk,
+        combined in chunk order: results never depend on timing or on which thread ran
+        which chunk, while a core slowed by other work simply ends up running fewer chunks.
+        A thread that cannot be created leaves its share to the others, and when a guard
+        finds the sizes too small this thread runs every chunk: the same chunks, the same
+        results."""
+        extent, mode, guards, align, per_thread = plan
         symbolic = isinstance(extent, Sym)
         threads = self.num_threads if symbolic else min(self.num_threads, extent)
+        chunks = threads * per_thread
+        chunks = chunks if symbolic else min(chunks, extent)
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * n_fixed), name)
         fn.linkage = "internal"
-        worker = self._worker(name, range_fn, n_fixed, mode)
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
-        if self.symbols:
-            bind_sizes(b, fn.args[-1], self.symbols)
-        status_arg = fn.args[n_fixed - 1 - bool(self.symbols)]
-        words = n_fixed + 2 + (1 if mode == "partials" else 0)
         acc_type = None
         if mode == "partials":
             acc_dtype = np.dtype(compute_dtype(node_typing(self.g, root)))
             acc_type = register_type(acc_dtype)
-            partials = b.alloca(acc_type, size=ir.Constant(I64, threads), name="thread_partials")
+        claim = self._chunk_claimer(name, range_fn, n_fixed, chunks, acc_type, align)
+        worker = ir.Function(self.module, ir.FunctionType(PTR, [PTR]), f"{name}.worker")
+        worker.linkage = "internal"
+        wb = ir.IRBuilder(worker.append_basic_block("entry"))
+        wb.call(claim, [worker.args[0]])
+        wb.ret(ir.Constant(PTR, None))
+
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        if self.symbols:
+            bind_sizes(b, fn.args[-1], self.symbols)
+        status_arg = fn.args[n_fixed - 1 - bool(self.symbols)]
+        # The job every thread reads: the kernel's arguments, the extent, the next chunk
+        # to claim, and where chunk partials go.
+        job = b.alloca(I64, size=ir.Constant(I64, n_fixed + 3), name="job")
+
+        def word(i):
+            return b.gep(job, [ir.Constant(I64, i)], source_etype=I64)
+
+        for i, arg in enumerate(fn.args):
+            b.store(b.ptrtoint(arg, I64), word(i))
+        b.store(size_value(b, extent) if symbolic else ir.Constant(I64, extent), word(n_fixed))
+        b.store(ir.Constant(I64, 0), word(n_fixed + 1))
+        partials = None
+        if mode == "partials":
+            partials = b.alloca(acc_type, size=ir.Constant(I64, chunks), name="chunk_partials")
+            b.store(b.ptrtoint(partials, I64), word(n_fixed + 2))
         create = self._libc("pthread_create", I32, [PTR, PTR, PTR, PTR])
         join = self._libc("pthread_join", I32, [I64, PTR])
         handles = b.alloca(I64, size=ir.Constant(I64, threads), name="threads")
         started = b.alloca(ir.IntType(1), size=ir.Constant(I64, threads), name="started")
-        if symbolic:
-            extent_value = size_value(b, extent)
-            bounds = [b.sdiv(b.mul(extent_value, ir.Constant(I64, t)), ir.Constant(I64, threads))
-                      for t in range(threads + 1)]
-        else:
-            bounds = [ir.Constant(I64, extent * t // threads) for t in range(threads + 1)]
-
-        def chunk_args(t):
-            args = list(fn.args) + [bounds[t], bounds[t + 1]]
-            if mode == "partials":
-                args.append(b.gep(partials, [ir.Constant(I64, t)], source_etype=acc_type))
-            return args
 
         def spawn():
             for t in range(1, threads):
-                ctx = b.alloca(I64, size=ir.Constant(I64, words), name=f"ctx{t}")
-                for i, value in enumerate(chunk_args(t)):
-                    word = b.ptrtoint(value, I64) if isinstance(value.type, ir.PointerType) else value
-                    b.store(word, b.gep(ctx, [ir.Constant(I64, i)], source_etype=I64))
                 slot = b.gep(handles, [ir.Constant(I64, t)], source_etype=I64)
-                rc = b.call(create, [slot, ir.Constant(PTR, None), worker, ctx])
-                ok = b.icmp_unsigned("==", rc, ir.Constant(I32, 0))
-                b.store(ok, b.gep(started, [ir.Constant(I64, t)], source_etype=ir.IntType(1)))
-                with b.if_then(b.not_(ok)):
-                    b.call(range_fn, chunk_args(t))
-            b.call(range_fn, chunk_args(0))
+                rc = b.call(create, [slot, ir.Constant(PTR, None), worker, job])
+                b.store(b.icmp_unsigned("==", rc, ir.Constant(I32, 0)),
+                        b.gep(started, [ir.Constant(I64, t)], source_etype=ir.IntType(1)))
+            b.call(claim, [job])
             for t in range(1, threads):
                 ok = b.load(b.gep(started, [ir.Constant(I64, t)], source_etype=ir.IntType(1)),
                             typ=ir.IntType(1))
@@ -638,8 +651,7 @@ class GraphLowering:
                 small = b.or_(small, b.icmp_signed("<", size_value(b, size), ir.Constant(I64, minimum)))
             with b.if_else(small) as (one_thread, many):
                 with one_thread:
-                    for t in range(threads):
-                        b.call(range_fn, chunk_args(t))
+                    b.call(claim, [job])
                 with many:
                     spawn()
         else:
@@ -647,24 +659,54 @@ class GraphLowering:
         if mode == "partials":
             kernel = _KernelBody(self, b, set(), {root: fn.args[0]}, status_arg)
             kernel.finish_partials(root, [
-                b.load(b.gep(partials, [ir.Constant(I64, t)], source_etype=acc_type), typ=acc_type)
-                for t in range(threads)])
+                b.load(b.gep(partials, [ir.Constant(I64, c)], source_etype=acc_type), typ=acc_type)
+                for c in range(chunks)])
         b.ret_void()
         return fn
 
-    def _worker(self, name, range_fn, n_params, mode):
-        """The thread entry: unpack the chunk's arguments from its context words."""
-        worker = ir.Function(self.module, ir.FunctionType(PTR, [PTR]), f"{name}.worker")
-        worker.linkage = "internal"
-        b = ir.IRBuilder(worker.append_basic_block("entry"))
-        ctx = worker.args[0]
-        args = []
-        for i, ty in enumerate(range_fn.function_type.args):
-            word = b.load(b.gep(ctx, [ir.Constant(I64, i)], source_etype=I64), typ=I64)
-            args.append(b.inttoptr(word, PTR) if isinstance(ty, ir.PointerType) else word)
+    def _chunk_claimer(self, name, range_fn, n_fixed, chunks, acc_type, align):
+        """``claim(job)``: take the next unclaimed chunk (an atomic add on the job's counter)
+        and run it, until none is left. Chunk c covers [bound(c), bound(c + 1)) with
+        bound(c) = extent * c // chunks rounded down to `align` (the last bound is the
+        extent), so each chunk's rows are the same whoever runs it."""
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR]), f"{name}.claim")
+        fn.linkage = "internal"
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        job = fn.args[0]
+
+        def word(i):
+            return b.load(b.gep(job, [ir.Constant(I64, i)], source_etype=I64), typ=I64)
+
+        params = range_fn.function_type.args
+        fixed = [b.inttoptr(word(i), PTR) for i in range(n_fixed)]
+        extent = word(n_fixed)
+        counter = b.gep(job, [ir.Constant(I64, n_fixed + 1)], source_etype=I64)
+        partials = b.inttoptr(word(n_fixed + 2), PTR) if acc_type is not None else None
+        total = ir.Constant(I64, chunks)
+
+        def bound(c):
+            at = b.sdiv(b.mul(extent, c), total)
+            if align > 1:
+                at = b.mul(b.sdiv(at, ir.Constant(I64, align)), ir.Constant(I64, align))
+            return b.select(b.icmp_signed(">=", c, total), extent, at)
+
+        loop = fn.append_basic_block("claim")
+        run = fn.append_basic_block("run")
+        done = fn.append_basic_block("done")
+        b.branch(loop)
+        b.position_at_end(loop)
+        c = b.atomic_rmw("add", counter, ir.Constant(I64, 1), "monotonic")
+        b.cbranch(b.icmp_signed("<", c, total), run, done)
+        b.position_at_end(run)
+        args = fixed + [bound(c), bound(b.add(c, ir.Constant(I64, 1)))]
+        if partials is not None:
+            args.append(b.gep(partials, [c], source_etype=acc_type))
+        assert len(args) == len(params)
         b.call(range_fn, args)
-        b.ret(ir.Constant(PTR, None))
-        return worker
+        b.branch(loop)
+        b.position_at_end(done)
+        b.ret_void()
+        return fn
 
 
 TYPICAL_SIZE = 1024  # what a size symbol stands for when deciding how to split work
