@@ -31,6 +31,14 @@ def memory_type(dtype) -> ir.Type:
     return I8 if dtype.kind == "b" else register_type(dtype)
 
 
+def call_pointer(b: ir.IRBuilder, pointer, fnty: ir.FunctionType, args):
+    """Call through a function pointer (a `ptr` value, or an integer address). The pointer
+    is cast to a typed pointer only because llvmlite reads the signature from it; LLVM
+    reads any pointer type as `ptr`."""
+    address = pointer if isinstance(pointer.type, ir.IntType) else b.ptrtoint(pointer, I64)
+    return b.call(b.inttoptr(address, fnty.as_pointer()), args)
+
+
 class Emitter:
     """Typed instructions at the builder's insertion point; `status` receives error codes."""
 

@@ -29,6 +29,7 @@ from .gemm import GEMM_MIN_ROWS, GEMM_MIN_WORK, align_pointer, emit_matmul, fold
 from ..shapes import NotGeneric, Sym
 from .loops import bind_sizes, emit_loop, emit_nest, size_value
 from .nn import lower_conv, lower_pool
+from .threadpool import declare_pool_run
 
 ERR_NO_MEMORY = 2
 ERR_NONFINITE_BASE = 16  # status 16 + k: check site k went non-finite (check_finite)
@@ -581,14 +582,14 @@ class GraphLowering:
 
     def _parallel_dispatcher(self, name, range_fn, n_fixed, root, plan):
         """The kernel as the entry calls it: [0, extent) in CHUNKS_PER_THREAD fixed chunks per
-        thread, which this thread and new ones claim in turn from a shared counter until
-        none is left; then join (no thread idles or spins). A chunk's bounds depend only on
+        thread, which this thread and the pool's workers (codegen/threadpool.py) claim in
+        turn from a shared counter until none is left. A chunk's bounds depend only on
         the extent and the thread count, and full reductions keep one partial per chunk,
         combined in chunk order: results never depend on timing or on which thread ran
         which chunk, while a core slowed by other work simply ends up running fewer chunks.
-        A thread that cannot be created leaves its share to the others, and when a guard
-        finds the sizes too small this thread runs every chunk: the same chunks, the same
-        results."""
+        A busy pool or a worker that cannot be started leaves more chunks to the others, and
+        when a guard finds the sizes too small this thread runs every chunk: the same
+        chunks, the same results."""
         extent, mode, guards, align, per_thread = plan
         symbolic = isinstance(extent, Sym)
         threads = self.num_threads if symbolic else min(self.num_threads, extent)
@@ -601,12 +602,6 @@ class GraphLowering:
             acc_dtype = np.dtype(compute_dtype(node_typing(self.g, root)))
             acc_type = register_type(acc_dtype)
         claim = self._chunk_claimer(name, range_fn, n_fixed, chunks, acc_type, align)
-        worker = ir.Function(self.module, ir.FunctionType(PTR, [PTR]), f"{name}.worker")
-        worker.linkage = "internal"
-        wb = ir.IRBuilder(worker.append_basic_block("entry"))
-        wb.call(claim, [worker.args[0]])
-        wb.ret(ir.Constant(PTR, None))
-
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         if self.symbols:
             bind_sizes(b, fn.args[-1], self.symbols)
@@ -626,24 +621,10 @@ class GraphLowering:
         if mode == "partials":
             partials = b.alloca(acc_type, size=ir.Constant(I64, chunks), name="chunk_partials")
             b.store(b.ptrtoint(partials, I64), word(n_fixed + 2))
-        create = self._libc("pthread_create", I32, [PTR, PTR, PTR, PTR])
-        join = self._libc("pthread_join", I32, [I64, PTR])
-        handles = b.alloca(I64, size=ir.Constant(I64, threads), name="threads")
-        started = b.alloca(ir.IntType(1), size=ir.Constant(I64, threads), name="started")
+        pool_run = declare_pool_run(self.module)
 
         def spawn():
-            for t in range(1, threads):
-                slot = b.gep(handles, [ir.Constant(I64, t)], source_etype=I64)
-                rc = b.call(create, [slot, ir.Constant(PTR, None), worker, job])
-                b.store(b.icmp_unsigned("==", rc, ir.Constant(I32, 0)),
-                        b.gep(started, [ir.Constant(I64, t)], source_etype=ir.IntType(1)))
-            b.call(claim, [job])
-            for t in range(1, threads):
-                ok = b.load(b.gep(started, [ir.Constant(I64, t)], source_etype=ir.IntType(1)),
-                            typ=ir.IntType(1))
-                with b.if_then(ok):
-                    handle = b.load(b.gep(handles, [ir.Constant(I64, t)], source_etype=I64), typ=I64)
-                    b.call(join, [handle, ir.Constant(PTR, None)])
+            b.call(pool_run, [claim, job, ir.Constant(I64, threads)])
 
         if guards:
             small = ir.Constant(ir.IntType(1), 0)

@@ -30,6 +30,7 @@ import numpy as np
 from ..codegen import cpu
 from ..errors import CompileError
 from ..shapes import Sym
+from . import pool
 
 MAGIC = b"SGOBJ\x00\x02\n"
 _HEADER = len(MAGIC) + 32
@@ -222,6 +223,7 @@ class ObjectLibrary:
 
     def __init__(self, objects, llvm_ir, name: str):
         cpu.initialize()
+        pool.ensure_loaded()  # the symbol parallel loops call
         self.name = name
         self._ir = llvm_ir  # text, or zlib-compressed bytes from a cache entry
         self.optimized_ir = None

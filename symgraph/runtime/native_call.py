@@ -25,7 +25,7 @@ import sysconfig
 import numpy as np
 from llvmlite import ir
 
-from ..codegen.emit import I32, I64, PTR
+from ..codegen.emit import I32, I64, PTR, call_pointer
 
 METH_FASTCALL_KEYWORDS = 0x0080 | 0x0002
 NPY_ARRAY_ALIGNED = 0x0100
@@ -166,7 +166,7 @@ def add_native_entry(module: ir.Module, name: str, in_types, n_out: int) -> str 
     vectorcall_ty = ir.FunctionType(PTR, [PTR, PTR, I64, PTR])
     vectorcall = item(ctx, _VECTORCALL, I64)
     out_args = b.gep(ctx, [c(_HEADER_WORDS + 2 * n_in)], source_etype=I64)
-    out = _typed_call(b, vectorcall, vectorcall_ty,
+    out = call_pointer(b, vectorcall, vectorcall_ty,
                       [b.inttoptr(item(ctx, _EMPTY, I64), PTR), out_args, c(2),
                        ir.Constant(PTR, None)])
     failed_alloc = fn.append_basic_block("no_output")
@@ -178,10 +178,10 @@ def add_native_entry(module: ir.Module, name: str, in_types, n_out: int) -> str 
     hits = b.gep(ctx, [c(_HITS)], source_etype=I64)
     b.store(b.add(b.load(hits, typ=I64), c(1)), hits)
     # The kernels run without the GIL, as a ctypes call would.
-    state = _typed_call(b, item(ctx, _SAVE_THREAD, I64),
+    state = call_pointer(b, item(ctx, _SAVE_THREAD, I64),
                         ir.FunctionType(PTR, []), [])
     status = b.call(inner, data + [field(out, LAYOUT["data"]), ir.Constant(PTR, None)])
-    _typed_call(b, item(ctx, _RESTORE_THREAD, I64),
+    call_pointer(b, item(ctx, _RESTORE_THREAD, I64),
                 ir.FunctionType(ir.VoidType(), [PTR]), [state])
     ok = fn.append_basic_block("done")
     bad = fn.append_basic_block("failed")
@@ -189,20 +189,14 @@ def add_native_entry(module: ir.Module, name: str, in_types, n_out: int) -> str 
     b.position_at_end(ok)
     b.ret(out)
     b.position_at_end(bad)
-    _typed_call(b, item(ctx, _DECREF, I64),
+    call_pointer(b, item(ctx, _DECREF, I64),
                 ir.FunctionType(ir.VoidType(), [PTR]), [out])
     b.branch(fallback_bb)
     # Anything unusual: the Python dispatcher, with the call exactly as it came.
     b.position_at_end(fallback_bb)
-    b.ret(_typed_call(b, item(ctx, _VECTORCALL, I64), vectorcall_ty,
+    b.ret(call_pointer(b, item(ctx, _VECTORCALL, I64), vectorcall_ty,
                       [b.inttoptr(item(ctx, _FALLBACK, I64), PTR), args, nargs, kwnames]))
     return fn.name
-
-
-def _typed_call(b, address, fnty, args):
-    """Call the function at an integer `address` (the pointer's type carries the signature
-    llvmlite needs; LLVM reads any pointer type as ``ptr``)."""
-    return b.call(b.inttoptr(address, fnty.as_pointer()), args)
 
 
 def _contiguous_strides(shape, dtype):

@@ -84,3 +84,44 @@ def test_open_sizes_split_at_run_time_and_stay_exact():
         assert int(total) == n * (n - 1) // 2
         np.testing.assert_array_equal(shifted, data - 1)
     assert f.cache_info().compilations == 1
+
+
+def _threads_in_process():
+    import os
+
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="needs /proc")
+def test_workers_are_shared_and_reused():
+    """Every compiled function's parallel loops run on one pool: the thread count stays put."""
+    x = Variable("x", (400_000,), "float64")
+    data = np.arange(400_000.0)
+    compile(x * 2, num_threads=3)(data)
+    before = _threads_in_process()
+    for k in range(20):
+        np.testing.assert_array_equal(compile(x * 2 + k, num_threads=3)(data), data * 2 + k)
+    assert _threads_in_process() <= before
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_starts_its_own_workers():
+    import os
+    import signal
+
+    x = Variable("x", (500_000,), "int64")
+    f = compile(x.sum() + x[0], num_threads=2)
+    data = np.arange(500_000, dtype=np.int64)
+    want = int(data.sum())
+    assert int(f(data)) == want  # the parent's workers exist now
+    pid = os.fork()
+    if pid == 0:  # the child: its copy of the pool has no threads behind it
+        signal.alarm(30)  # a child waiting for workers that do not exist dies, not hangs
+        try:
+            ok = all(int(f(data)) == want for _ in range(5))
+            os._exit(0 if ok else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert int(f(data)) == want

@@ -1,0 +1,150 @@
+"""The native thread pool that parallel kernels run on: LLVM IR over pthreads, no Python.
+
+Starting a thread per parallel loop and joining it cost about 35 us on a 2-core VM, more
+than many loops take. Here worker threads start on first use and then sleep on a condition
+variable between jobs (they never spin); a job wakes them, and waking a sleeping worker and
+hearing back costs about 10 us.
+
+``symgraph_pool_run(fn, arg, threads)`` runs ``fn(arg)`` on the calling thread and on
+``threads - 1`` workers at once and returns when all have returned. Kernels pass their
+chunk-claiming function (see kernel.py): any number of participants computes the same
+chunks, so when the pool is busy with another caller's job (two Python threads calling
+compiled code at once), or a worker cannot be started, the caller simply runs the job with
+fewer helpers, possibly alone, with the same results. After a fork the child starts its
+own workers.
+
+The JIT loads one pool per process (runtime/pool.py); an exported library carries its own
+copy, with internal linkage.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from .emit import I32, I64, PTR, call_pointer
+from .loops import emit_loop
+
+POOL_RUN = "symgraph_pool_run"
+_SYNC_BYTES = 64  # room for a glibc pthread_mutex_t (40 bytes) or sem_t (32)
+_VOID = ir.VoidType()
+
+
+def declare_pool_run(module: ir.Module) -> ir.Function:
+    """``void symgraph_pool_run(void (*fn)(void *), void *arg, int64 threads)``."""
+    found = module.globals.get(POOL_RUN)
+    if found is not None:
+        return found
+    return ir.Function(module, ir.FunctionType(_VOID, [PTR, PTR, I64]), POOL_RUN)
+
+
+def define_pool(module: ir.Module, linkage: str = "internal") -> None:
+    """Give `module` the pool's definition (state, worker loop and symgraph_pool_run)."""
+    run = declare_pool_run(module)
+    if run.blocks:
+        return
+    run.linkage = linkage
+
+    def state(name, ty, init):
+        gv = ir.GlobalVariable(module, ty, name=f"symgraph_pool.{name}")
+        gv.linkage = "internal"
+        gv.initializer = init
+        gv.align = 64 if isinstance(ty, ir.ArrayType) else 8
+        return gv
+
+    sync_ty = ir.ArrayType(ir.IntType(8), _SYNC_BYTES)
+    zero_sync = ir.Constant(sync_ty, None)
+    work = state("work", sync_ty, zero_sync)      # a semaphore: one token per helper wanted
+    done = state("done", sync_ty, zero_sync)      # a semaphore: one token per helper finished
+    submit = state("submit", sync_ty, zero_sync)  # a mutex: one job at a time (zeros: unlocked)
+    started = state("started", I64, ir.Constant(I64, 0))
+    owner = state("pid", I64, ir.Constant(I64, 0))  # the process the workers belong to
+    job_fn = state("fn", PTR, ir.Constant(PTR, None))
+    job_arg = state("arg", PTR, ir.Constant(PTR, None))
+
+    def libc(name, ret, args):
+        fn = module.globals.get(name)
+        return fn or ir.Function(module, ir.FunctionType(ret, args), name)
+
+    trylock = libc("pthread_mutex_trylock", I32, [PTR])
+    unlock = libc("pthread_mutex_unlock", I32, [PTR])
+    sem_init = libc("sem_init", I32, [PTR, I32, I32])
+    sem_wait = libc("sem_wait", I32, [PTR])
+    sem_post = libc("sem_post", I32, [PTR])
+    create = libc("pthread_create", I32, [PTR, PTR, PTR, PTR])
+    detach = libc("pthread_detach", I32, [I64])
+    getpid = libc("getpid", I32, [])
+    job_ty = ir.FunctionType(_VOID, [PTR])
+    one = ir.Constant(I64, 1)
+    zero = ir.Constant(I64, 0)
+
+    def wait_token(b, sem):
+        """sem_wait, again when a signal interrupts it."""
+        retry = b.function.append_basic_block("sem.wait")
+        ok = b.function.append_basic_block("sem.taken")
+        b.branch(retry)
+        b.position_at_end(retry)
+        rc = b.call(sem_wait, [sem])
+        b.cbranch(b.icmp_unsigned("==", rc, ir.Constant(I32, 0)), ok, retry)
+        b.position_at_end(ok)
+
+    # The worker: take a token, run the job published before it, report, repeat. A worker
+    # that finishes before a slower one wakes may take a second token of the same job: the
+    # job then finds no chunk left, and the token count still comes out right.
+    worker = ir.Function(module, ir.FunctionType(PTR, [PTR]), "symgraph_pool.worker")
+    worker.linkage = "internal"
+    b = ir.IRBuilder(worker.append_basic_block("entry"))
+    top = worker.append_basic_block("next")
+    b.branch(top)
+    b.position_at_end(top)
+    wait_token(b, work)
+    call_pointer(b, b.load(job_fn, typ=PTR), job_ty, [b.load(job_arg, typ=PTR)])
+    b.call(sem_post, [done])
+    b.branch(top)
+
+    # symgraph_pool_run(fn, arg, threads)
+    fn, arg, threads = run.args
+    b = ir.IRBuilder(run.append_basic_block("entry"))
+    alone = run.append_basic_block("alone")
+    pooled = run.append_basic_block("pooled")
+    b.cbranch(b.icmp_signed("<=", threads, one), alone, pooled)
+    b.position_at_end(alone)
+    call_pointer(b, fn, job_ty, [arg])
+    b.ret_void()
+    b.position_at_end(pooled)
+    busy = b.icmp_unsigned("!=", b.call(trylock, [submit]), ir.Constant(I32, 0))
+    ready = run.append_basic_block("ready")
+    b.cbranch(busy, alone, ready)
+    b.position_at_end(ready)
+    # A new process (first use, or the child of a fork) has no workers yet.
+    pid = b.sext(b.call(getpid, []), I64)
+    with b.if_then(b.icmp_unsigned("!=", pid, b.load(owner, typ=I64))):
+        for sem in (work, done):
+            b.call(sem_init, [sem, ir.Constant(I32, 0), ir.Constant(I32, 0)])
+        b.store(zero, started)
+        b.store(pid, owner)
+    helpers = b.sub(threads, one)
+    handle = b.alloca(I64, name="handle")
+    grow = run.append_basic_block("grow")
+    grown = run.append_basic_block("grown")
+    b.branch(grow)
+    b.position_at_end(grow)
+    count = b.load(started, typ=I64)
+    more = run.append_basic_block("start_worker")
+    b.cbranch(b.icmp_signed("<", count, helpers), more, grown)
+    b.position_at_end(more)
+    rc = b.call(create, [handle, ir.Constant(PTR, None), worker, ir.Constant(PTR, None)])
+    ok = run.append_basic_block("started")
+    b.cbranch(b.icmp_unsigned("==", rc, ir.Constant(I32, 0)), ok, grown)
+    b.position_at_end(ok)
+    b.call(detach, [b.load(handle, typ=I64)])
+    b.store(b.add(count, one), started)
+    b.branch(grow)
+    b.position_at_end(grown)
+    count = b.load(started, typ=I64)
+    helping = b.select(b.icmp_signed("<", count, helpers), count, helpers)
+    b.store(fn, job_fn)
+    b.store(arg, job_arg)
+    emit_loop(b, helping, lambda i: b.call(sem_post, [work]), "post")  # posting publishes
+    call_pointer(b, fn, job_ty, [arg])
+    emit_loop(b, helping, lambda i: wait_token(b, done), "collect")
+    b.call(unlock, [submit])
+    b.ret_void()
