@@ -12,7 +12,7 @@ from symgraph.codegen import mathlib
 from symgraph.codegen.nvptx import check_module, normalize_arch
 from symgraph.errors import ArgumentError, CompileError, ExecutionError, SymgraphError
 from symgraph.runtime import cuda
-from test_ptx import CASES, _outputs
+from test_ptx import CASES, OPEN_CASES, _outputs
 
 HAS_GPU = cuda.device_arch() is not None
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="no CUDA device")
@@ -68,11 +68,18 @@ def test_control_flow_is_a_clear_error():
         sg.compile(y, target="cuda")
 
 
-def test_undeclared_shapes_give_a_clear_error_on_ptx():
-    x = Variable("x", shape=(None,), dtype="float32")
+def test_undeclared_dtypes_give_a_clear_error_on_ptx():
+    x = Variable("x", shape=(None,))
     f = sg.compile(x * 2.0, target="cuda")
     with pytest.raises(ArgumentError, match="shape and dtype"):
         f.ptx
+
+
+def test_open_sizes_give_ptx_at_compile_time():
+    x = Variable("x", shape=(None, 3), dtype="float32")
+    f = sg.compile(sg.exp(x).sum(axis=1), target="cuda")
+    assert ".entry" in f.ptx and f.shape_generic
+    assert f.cache_info().compilations == 1
 
 
 @pytest.mark.parametrize("arch,expected", [("sm_75", "sm_75"), ("90", "sm_90"), ("8.6", "sm_86"),
@@ -151,6 +158,35 @@ def test_gpu_matches_interpreter(name):
 
 
 @needs_gpu
+@pytest.mark.parametrize("name", [n for n in OPEN_CASES if "take" not in n])
+def test_gpu_shape_generic_code_matches_interpreter(name):
+    """One compilation with open first axes, run at the declared sizes and at others."""
+    import test_ptx
+
+    test_ptx._OPEN[:] = [True]
+    try:
+        out, inputs = CASES[name.removeprefix("open:")]()
+    finally:
+        test_ptx._OPEN[:] = []
+    outs = _outputs(out)
+    f = sg.compile(outs, target="cuda")
+    assert f.shape_generic
+    for scale in (1, 3):
+        data = {k: np.concatenate([v] * scale) if v.ndim else v for k, v in inputs.items()}
+        try:
+            wants = [sg.evaluate(e, **data) for e in outs]
+        except SymgraphError:  # these sizes are invalid for the graph (e.g. a matmul's k)
+            continue
+        for value, want in zip(f(**data), wants):
+            assert value.shape == want.shape and value.dtype == want.dtype
+            if want.dtype.kind == "f":
+                rtol, atol = _tolerance(want.dtype)
+                np.testing.assert_allclose(value, want, rtol=rtol * 50, atol=atol * 50)
+            else:
+                np.testing.assert_array_equal(value, want)
+
+
+@needs_gpu
 def test_gpu_device_arrays_without_copies():
     cupy = pytest.importorskip("cupy")
     x = Variable("x", shape=(1000,), dtype="float32")
@@ -167,3 +203,87 @@ def test_gpu_index_error_reported():
     f = sg.compile(sg.take(x, i, axis=0), target="cuda")
     with pytest.raises(IndexError):
         f(x=np.ones(4, np.float32), i=np.array([0, 9]))
+
+
+class _RecordingDriver:
+    """A stand-in for the CUDA driver that records what a call would do on a device: the
+    host side of the launch plan (buffer sizes, size values, grids, pointers) runs for real."""
+
+    class cu:  # noqa: N801 - the driver module's spelling
+        CUdeviceptr = int
+
+        @staticmethod
+        def cuModuleLoadData(image):
+            return 0, "module"
+
+        @staticmethod
+        def cuModuleGetFunction(module, name):
+            return 0, name.decode()
+
+        @staticmethod
+        def cuMemsetD32(ptr, value, count):
+            return 0
+
+    arch = "sm_80"
+
+    def __init__(self):
+        self.allocs, self.launches, self.uploads = {}, [], {}
+        self.next = 1 << 20
+
+    def check(self, result, what):
+        err, *values = result if isinstance(result, tuple) else (result,)
+        return values[0] if len(values) == 1 else None
+
+    def activate(self):
+        pass
+
+    def alloc(self, nbytes):
+        ptr, self.next = self.next, self.next + max(int(nbytes), 8) + 4096
+        self.allocs[ptr] = int(nbytes)
+        return ptr
+
+    def free(self, ptr):
+        self.allocs.pop(ptr)
+
+    def _inside(self, ptr, nbytes=1):
+        return any(base <= ptr and ptr + nbytes <= base + max(size, 8)
+                   for base, size in self.allocs.items())
+
+    def to_device(self, ptr, array):
+        assert self._inside(ptr, array.nbytes)
+        self.uploads[ptr] = array.copy()
+
+    def to_host(self, array, ptr):
+        assert self._inside(ptr, array.nbytes)
+        array[...] = 0
+
+    def copy(self, dst, src, nbytes):
+        assert self._inside(dst, nbytes) and self._inside(src, nbytes)
+
+    def launch(self, function, grid, block, pointers):
+        assert 1 <= grid <= 65535 and all(self._inside(p) for p in pointers)
+        self.launches.append((function, grid, block, tuple(pointers)))
+
+
+def test_shape_generic_calls_plan_launches_from_the_sizes(monkeypatch):
+    """One compilation for every batch size: each call evaluates grids and buffer sizes for
+    its sizes and hands the kernels those values; empty work launches nothing."""
+    driver = _RecordingDriver()
+    monkeypatch.setattr(cuda._Driver, "get", classmethod(lambda cls: driver))
+    x = Variable("x", shape=(None, 3), dtype="float32")
+    w = Variable("w", shape=(3, 5), dtype="float32")
+    f = sg.compile([sg.tanh(x) * 2.0, (x @ w).sum(axis=1)], target="cuda")
+    program = f._latest.program
+    assert program.symbols
+    for n in (1, 700, 0):
+        driver.launches.clear()
+        out = f(np.ones((n, 3), np.float32), np.ones((3, 5), np.float32))
+        assert [o.shape for o in out] == [(n, 3), (n,)]
+        sizes = [a for a in driver.uploads.values() if a.dtype == np.int64 and a.shape == (1,)]
+        assert any(int(a[0]) == n for a in sizes)
+        grids = {name.split("_")[-1]: grid for name, grid, _, _ in driver.launches}
+        if n:  # 16x16 matmul tiles, a block per row sum, 256 threads per elementwise block
+            assert grids == {"matmul": -(-n // 16), "sum": n, "mul": -(-n * 3 // 256)}
+        else:
+            assert not driver.launches
+    assert f.cache_info().compilations == 1

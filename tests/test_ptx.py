@@ -22,7 +22,12 @@ MATH = ["exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sin", "cos", "
 RNG = np.random.default_rng(0)
 
 
+_OPEN = []  # set while building an "open:" case: every first axis is declared None
+
+
 def _v(name, shape, dtype="float32"):
+    if _OPEN and shape:
+        shape = (None,) + tuple(shape[1:])
     return Variable(name, shape=shape, dtype=dtype)
 
 
@@ -108,7 +113,7 @@ def _mlp():
 
 CASES = {f"{fn}-{dt}": _math_case(fn, dt) for fn in MATH for dt in ("float32", "float64")}
 CASES.update({
-    "pow-float32": lambda: (sg.Variable("x", shape=(50,), dtype="float32") ** _v("y", (50,)),
+    "pow-float32": lambda: (_v("x", (50,), "float32") ** _v("y", (50,)),
                             {"x": _data((50,), "float32", 0.1, 3), "y": _data((50,))}),
     "binary-float32": _binary("float32"), "binary-float64": _binary("float64"),
     "binary-int32": _binary("int32"), "binary-int64": _binary("int64"),
@@ -136,10 +141,13 @@ def _generate(names, out_dir, arch):
         with open(os.path.join(out_dir, "started"), "a") as log:
             log.write(name + "\n")
         try:
-            out, _ = CASES[name]()
+            _OPEN[:] = [True] if name.startswith("open:") else []
+            out, _ = CASES[name.removeprefix("open:")]()
             f = sg.compile(_outputs(out), target="cuda", arch=arch, name="case")
             with open(os.path.join(out_dir, name + ".ptx"), "w") as fh:
                 fh.write(f.ptx)
+            with open(os.path.join(out_dir, name + ".symbols"), "w") as fh:
+                fh.write(" ".join(f._latest.program.symbols))
         except Exception as exc:  # reported by the test that owns the case
             with open(os.path.join(out_dir, name + ".err"), "w") as fh:
                 fh.write(f"{type(exc).__name__}: {exc}")
@@ -164,10 +172,15 @@ def generate_ptx(names, out_dir, arch="sm_75"):
         todo = todo[todo.index(crashed) + 1:]
 
 
+# Shape-generic PTX: the same graphs with every first axis declared None. The movement case
+# reshapes to a fixed shape, which needs concrete sizes.
+OPEN_CASES = [f"open:{name}" for name in CASES if name != "movement"]
+
+
 @pytest.fixture(scope="module")
 def ptx_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ptx"))
-    generate_ptx(list(CASES), out)
+    generate_ptx(list(CASES) + OPEN_CASES, out)
     return out
 
 
@@ -214,6 +227,25 @@ def test_ptx_for_each_arch(arch, tmp_path):
         ptx = _read(str(tmp_path), name)
         assert f".target {arch}" in ptx
         _assemble(os.path.join(str(tmp_path), name + ".ptx"), arch, str(tmp_path))
+
+
+@pytest.mark.parametrize("name", OPEN_CASES)
+def test_open_sizes_give_ptx_at_compile_time(ptx_dir, name, tmp_path):
+    """Declared dtypes and None sizes: one PTX for every size, its kernels reading the sizes
+    from their last parameter; assembled like the rest."""
+    ptx = _read(ptx_dir, name)
+    with open(os.path.join(ptx_dir, name + ".symbols")) as fh:
+        assert fh.read().split(), "compiled per shape, not shape-generic"
+    assert ".entry" in ptx and ".extern" not in ptx
+    if shutil.which("ptxas"):
+        _assemble(os.path.join(ptx_dir, name + ".ptx"), "sm_80", str(tmp_path))
+
+
+def test_an_open_size_graph_that_needs_sizes_says_why():
+    x = Variable("x", (None, 4, 5), "float32")
+    f = sg.compile(sg.reshape(x, (24, 5)) + 1.0, target="cuda")
+    with pytest.raises(sg.SymgraphError, match="concrete sizes"):
+        f.ptx
 
 
 def test_no_contraction_in_ptx(ptx_dir):

@@ -29,8 +29,10 @@ from ..errors import CompileError
 from ..infer import compute_dtype, node_typing
 from ..ops import get_op
 from .emit import I32, I64, PTR, memory_type, register_type
-from .kernel import GraphLowering, _Flat, _KernelBody, broadcast_index
-from .loops import emit_loop
+from ..shapes import Sym
+from ..shapes import evaluate as evaluate_size
+from .kernel import GraphLowering, _Flat, _KernelBody, _typical, broadcast_index
+from .loops import bind_sizes, emit_loop, size_value
 
 TRIPLE = "nvptx64-nvidia-cuda"
 DEFAULT_ARCH = "sm_80"
@@ -54,16 +56,33 @@ _init_lock = threading.Lock()
 _initialized = False
 
 
+def size_for(size, values) -> int:
+    """A plan quantity for one call: an int, a Sym in the size symbols, or a function of
+    their {name: value} (for what Sym cannot express, like a ceiling division)."""
+    if callable(size):
+        return int(size(values))
+    return evaluate_size(size, values)
+
+
 @dataclass
 class Launch:
-    """One kernel launch: its symbol, grid and block sizes and the buffers it takes.
+    """One kernel launch: its symbol, the work its grid covers (in units of `per_block`
+    per block), its block size and the buffers it takes. `work` may depend on the size
+    symbols of shape-generic code (see size_for); no block is launched for no work.
 
-    A buffer is a graph node key, "status" (one int32 error word) or ("scratch", name)."""
+    A buffer is a graph node key, "status" (one int32 error word), "sizes" (the size
+    symbols' values, int64) or ("scratch", name)."""
 
     kernel: str
-    grid: int
+    work: object
+    per_block: int
     block: int
     params: tuple
+
+    def grid_for(self, values=None) -> int:
+        """Blocks to launch for these size values (0: skip the launch)."""
+        work = size_for(self.work, values or {})
+        return 0 if work <= 0 else min(MAX_GRID, -(-work // self.per_block))
 
 
 @dataclass
@@ -72,7 +91,7 @@ class Copy:
 
     source: int
     output: int
-    nbytes: int
+    nbytes: object  # int, or a Sym in the size symbols
 
 
 @dataclass
@@ -83,7 +102,8 @@ class GpuProgram:
     llvm_ir: str
     arch: str
     steps: list  # Launch and Copy, in order
-    scratch: dict = field(default_factory=dict)  # name -> bytes (reduction partials)
+    scratch: dict = field(default_factory=dict)  # name -> bytes (reduction partials; may be Sym)
+    symbols: tuple = ()  # the size symbols kernels read from "sizes", in order
 
 
 def normalize_arch(arch) -> str:
@@ -144,9 +164,25 @@ class _Sreg:
         self.ntid, self.nctaid = read("ntid.x"), read("nctaid.x")
 
 
+def _static_size(size):
+    """The size if it is a number, else None (an open size)."""
+    return size if isinstance(size, int) else None
+
+
+def _value(b, size):
+    """An i64 value for an int, a Sym (read from the kernel's sizes) or an i64 value."""
+    if isinstance(size, int):
+        return ir.Constant(I64, size)
+    return size_value(b, size) if isinstance(size, Sym) else size
+
+
+def _ceil_div(b, size, d):
+    return b.udiv(b.add(_value(b, size), ir.Constant(I64, d - 1)), ir.Constant(I64, d))
+
+
 def _stride_loop(b, start, step, end, body, name):
-    """``for i in range(start, end, step): body(i)`` with i64 values (end may be an int)."""
-    end = ir.Constant(I64, end) if isinstance(end, int) else end
+    """``for i in range(start, end, step): body(i)`` with i64 values (end: int, Sym or i64)."""
+    end = _value(b, end)
     pre = b.block
     loop_bb = b.append_basic_block(f"{name}.loop")
     exit_bb = b.append_basic_block(f"{name}.exit")
@@ -166,10 +202,6 @@ def _barrier(b):
     b.call(fn, [])
 
 
-def _grid(work: int) -> int:
-    return max(1, min(MAX_GRID, -(-work // BLOCK)))
-
-
 class NvptxLowering:
     """PTX kernels for the kernels of one typed, scheduled and planned graph."""
 
@@ -181,6 +213,7 @@ class NvptxLowering:
         self.cpu = GraphLowering(g, name, _safe_math, module=self.module)
         self.steps = []
         self.scratch = {}
+        self.symbols = tuple(g.graph.get("symbols", ()))
 
     def lower(self):
         g = self.g
@@ -192,8 +225,8 @@ class NvptxLowering:
                 raise CompileError(f"{g.nodes[root]['op']} is not supported on target='cuda' yet",
                                    locs=g.nodes[root].get("loc", ()),
                                    hint="compile this graph for the CPU")
-            if math.prod(g.nodes[root]["shape"]) == 0:
-                continue
+            if _static_size(math.prod(g.nodes[root]["shape"])) == 0:
+                continue  # (an open size that turns out 0 skips the launch at run time)
             lower = {"reduce": self._reduce, "matmul": self._matmul, "concat": self._concat,
                      "argreduce": self._argreduce}.get(kind, self._elementwise)
             try:
@@ -212,8 +245,23 @@ class NvptxLowering:
         return self.module
 
     # --- helpers ---------------------------------------------------------------------------
+    def _sized(self, fn, b, refs):
+        """With size symbols, a kernel's last parameter is their values: bind them first."""
+        if self.symbols:
+            bind_sizes(b, fn.args[-1], self.symbols)
+            return tuple(refs) + ("sizes",)
+        return tuple(refs)
+
+    def _function(self, name, n_params):
+        sized = bool(self.symbols)
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * (n_params + sized)),
+                         name)
+        fn.calling_convention = "ptx_kernel"
+        return fn, ir.IRBuilder(fn.append_basic_block("entry"))
+
     def _kernel(self, k, root, members, suffix="", extra=()):
-        """A kernel function taking (root, reads..., status, extra...) and its body emitter."""
+        """A kernel function taking (root, reads..., status, extra..., [sizes]) and its body
+        emitter."""
         g = self.g
         reads = []
         for n in sorted(members, key=self.cpu.order.index):
@@ -222,13 +270,10 @@ class NvptxLowering:
                     reads.append(a)
         params = [root] + reads
         name = f"{self.name}_k{k}_{g.nodes[root]['op']}{suffix}"
-        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * (len(params) + 1 + len(extra))),
-                         name)
-        fn.calling_convention = "ptx_kernel"
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        fn, b = self._function(name, len(params) + 1 + len(extra))
+        refs = self._sized(fn, b, tuple(params) + ("status",) + tuple(extra))
         body = _KernelBody(self.cpu, b, members, {p: fn.args[i] for i, p in enumerate(params)},
                            fn.args[len(params)])
-        refs = tuple(params) + ("status",) + tuple(extra)
         return fn, b, body, refs
 
     def _shared(self, fn, dtype, size=BLOCK):
@@ -260,7 +305,7 @@ class NvptxLowering:
         _stride_loop(b, b.add(b.mul(s.ctaid, s.ntid), s.tid), b.mul(s.ntid, s.nctaid), total,
                      element, "i")
         self._finish(b)
-        self.steps.append(Launch(fn.name, _grid(total), BLOCK, refs))
+        self.steps.append(Launch(fn.name, total, BLOCK, BLOCK, refs))
 
     # --- reductions ------------------------------------------------------------------------
     def _block_combine(self, b, em, op, dtype, shared, tid, value):
@@ -291,11 +336,15 @@ class NvptxLowering:
         red_shape = [in_shape[i] for i in axes]
         outputs, count = math.prod(kept_shape), math.prod(red_shape)
         acc_dtype = np.dtype(compute_dtype(node_typing(g, root)))
+        # (Open sizes choose as for typical sizes: any `parts` gives the same results.)
+        typical_outputs, typical_count = _typical(outputs), _typical(count)
         parts = 1
-        if outputs < 2048 and count > ELEMENTS_PER_BLOCK:
-            parts = min(MAX_PARTS, -(-count // ELEMENTS_PER_BLOCK), max(1, 2048 // outputs))
+        if typical_outputs < 2048 and typical_count > ELEMENTS_PER_BLOCK:
+            parts = min(MAX_PARTS, -(-typical_count // ELEMENTS_PER_BLOCK),
+                        max(1, 2048 // max(typical_outputs, 1)))
         scratch = ("scratch", f"k{k}")
         fn, b, body, refs = self._kernel(k, root, members, extra=(scratch,) if parts > 1 else ())
+        partials_arg = fn.args[len(refs) - 1 - bool(self.symbols)] if parts > 1 else None
         em = body.em
         s = _Sreg(b)
         shared = self._shared(fn, acc_dtype)
@@ -338,20 +387,19 @@ class NvptxLowering:
                                         b.load(acc_slot, typ=acc_ty))
             with b.if_then(b.icmp_unsigned("==", s.tid, ir.Constant(I64, 0))):
                 if parts > 1:
-                    em.store(acc_dtype, total, fn.args[-1], blk)
+                    em.store(acc_dtype, total, partials_arg, blk)
                 else:
                     finish(total, o)
 
         _stride_loop(b, s.ctaid, s.nctaid, outputs * parts, per_block, "blk")
         self._finish(b)
-        self.steps.append(Launch(fn.name, min(MAX_GRID, outputs * parts), BLOCK, refs))
+        self.steps.append(Launch(fn.name, outputs * parts, 1, BLOCK, refs))
         if parts == 1:
             return
         # Second pass: one block per output combines its `parts` partials in a fixed order.
         self.scratch[scratch[1]] = outputs * parts * acc_dtype.itemsize
-        fn2 = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * 3), f"{fn.name}_combine")
-        fn2.calling_convention = "ptx_kernel"
-        b = ir.IRBuilder(fn2.append_basic_block("entry"))
+        fn2, b = self._function(f"{fn.name}_combine", 3)
+        refs2 = self._sized(fn2, b, (root, scratch, "status"))
         body = _KernelBody(self.cpu, b, set(), {root: fn2.args[0]}, fn2.args[2])
         em = body.em
         s = _Sreg(b)
@@ -374,7 +422,7 @@ class NvptxLowering:
 
         _stride_loop(b, s.ctaid, s.nctaid, outputs, per_output, "o")
         self._finish(b)
-        self.steps.append(Launch(fn2.name, min(MAX_GRID, outputs), BLOCK, (root, scratch, "status")))
+        self.steps.append(Launch(fn2.name, outputs, 1, BLOCK, refs2))
 
     def _argreduce(self, k, root, members):
         """argmax/argmin: one thread per output scans its axis (first best index wins)."""
@@ -401,7 +449,7 @@ class NvptxLowering:
         _stride_loop(b, b.add(b.mul(s.ctaid, s.ntid), s.tid), b.mul(s.ntid, s.nctaid), total,
                      per_output, "o")
         self._finish(b)
-        self.steps.append(Launch(fn.name, _grid(total), BLOCK, refs))
+        self.steps.append(Launch(fn.name, total, BLOCK, BLOCK, refs))
 
     # --- matmul ----------------------------------------------------------------------------
     def _matmul(self, k, root, members):
@@ -419,8 +467,10 @@ class NvptxLowering:
         m, kk, n = a2[-2], a2[-1], b2[-1]
         batch = d["shape"][: len(d["shape"]) - (len(a_shape) > 1) - (len(b_shape) > 1)]
         out2 = batch + (m, n)
-        tiles_m, tiles_n = -(-m // TILE), -(-n // TILE)
-        tiles = math.prod(batch) * tiles_m * tiles_n
+        tiles_n = _ceil_div(b, n, TILE)
+        tile_grid = b.mul(_ceil_div(b, m, TILE), tiles_n)  # tiles per matrix of the batch
+        k_tiles = _ceil_div(b, kk, TILE)
+        m_v, n_v, kk_v = _value(b, m), _value(b, n), _value(b, kk)
         s = _Sreg(b)
         ty_, tx_ = b.udiv(s.tid, ir.Constant(I64, TILE)), b.urem(s.tid, ir.Constant(I64, TILE))
         a_tile, b_tile = self._shared(fn, dtype, TILE * TILE), self._shared(fn, dtype, TILE * TILE)
@@ -436,22 +486,22 @@ class NvptxLowering:
             return b.select(ok, em.cast(g.nodes[node]["dtype"], dtype, x), zero)
 
         def per_tile(t):
-            bi = b.udiv(t, c(tiles_m * tiles_n))
-            rest = b.urem(t, c(tiles_m * tiles_n))
-            row = b.add(b.mul(b.udiv(rest, c(tiles_n)), c(TILE)), ty_)
-            col = b.add(b.mul(b.urem(rest, c(tiles_n)), c(TILE)), tx_)
+            bi = b.udiv(t, tile_grid)
+            rest = b.urem(t, tile_grid)
+            row = b.add(b.mul(b.udiv(rest, tiles_n), c(TILE)), ty_)
+            col = b.add(b.mul(b.urem(rest, tiles_n), c(TILE)), tx_)
             bidx = em.delinearize(bi, batch)
-            row_ok = b.icmp_unsigned("<", row, c(m))
-            col_ok = b.icmp_unsigned("<", col, c(n))
+            row_ok = b.icmp_unsigned("<", row, m_v)
+            col_ok = b.icmp_unsigned("<", col, n_v)
             b.store(zero, acc_slot)
             slot = b.add(b.mul(ty_, c(TILE)), tx_)
 
             def over_tiles(kt):
                 ka = b.add(b.mul(kt, c(TILE)), tx_)
                 kb = b.add(b.mul(kt, c(TILE)), ty_)
-                em.store(dtype, load(a, a2, bidx + [row, ka], b.and_(row_ok, b.icmp_unsigned("<", ka, c(kk)))),
+                em.store(dtype, load(a, a2, bidx + [row, ka], b.and_(row_ok, b.icmp_unsigned("<", ka, kk_v))),
                          a_tile, slot)
-                em.store(dtype, load(bb, b2, bidx + [kb, col], b.and_(col_ok, b.icmp_unsigned("<", kb, c(kk)))),
+                em.store(dtype, load(bb, b2, bidx + [kb, col], b.and_(col_ok, b.icmp_unsigned("<", kb, kk_v))),
                          b_tile, slot)
                 _barrier(b)
 
@@ -467,19 +517,27 @@ class NvptxLowering:
 
                 # Tiles past k hold zeros, which leave the sum unchanged; only the last tile
                 # is partial, so the loop over it stops at k to keep the CPU's rounding.
-                last = kk - (-(-kk // TILE) - 1) * TILE
-                width = b.select(b.icmp_unsigned("==", kt, c(-(-kk // TILE) - 1)), c(last), c(TILE))
+                last_tile = b.sub(k_tiles, c(1))
+                last = b.sub(kk_v, b.mul(last_tile, c(TILE)))
+                width = b.select(b.icmp_unsigned("==", kt, last_tile), last, c(TILE))
                 emit_loop(b, width, inner, "j")
                 _barrier(b)
 
-            emit_loop(b, -(-kk // TILE), over_tiles, "kt")
+            emit_loop(b, k_tiles, over_tiles, "kt")
             with b.if_then(b.and_(row_ok, col_ok)):
                 em.store(dtype, b.load(acc_slot, typ=acc_ty), body.pointers[root],
                          em.linearize(bidx + [row, col], out2))
 
-        _stride_loop(b, s.ctaid, s.nctaid, tiles, per_tile, "tile")
+        _stride_loop(b, s.ctaid, s.nctaid, b.mul(_value(b, math.prod(batch)), tile_grid),
+                     per_tile, "tile")
         self._finish(b)
-        self.steps.append(Launch(fn.name, min(MAX_GRID, tiles), TILE * TILE, refs))
+
+        def tiles(values):
+            at = lambda size: size_for(size, values)  # noqa: E731
+            return (math.prod(at(x) for x in batch) * -(-at(m) // TILE) * -(-at(n) // TILE))
+
+        work = tiles({}) if not self.symbols else tiles
+        self.steps.append(Launch(fn.name, work, 1, TILE * TILE, refs))
 
     # --- concat ----------------------------------------------------------------------------
     def _concat(self, k, root, members):
@@ -488,11 +546,11 @@ class NvptxLowering:
         d = g.nodes[root]
         axis = d["attrs"]["axis"]
         s = _Sreg(b)
-        start, largest = 0, 1
+        start, sizes = 0, []
         for a in d["args"]:
             shape = g.nodes[a]["shape"]
             size = math.prod(shape)
-            largest = max(largest, size)
+            sizes.append(size)
 
             def element(i, a=a, shape=shape, start=start):
                 body.memo.clear()
@@ -502,12 +560,14 @@ class NvptxLowering:
                 out_idx[axis] = em.index_affine(idx[axis], 1, start)
                 em.store(d["dtype"], x, body.pointers[root], em.linearize(out_idx, d["shape"]))
 
-            if size:
+            if _static_size(size) != 0:
                 _stride_loop(b, b.add(b.mul(s.ctaid, s.ntid), s.tid), b.mul(s.ntid, s.nctaid),
-                             size, element, f"c{start}_")
+                             size, element, f"c{len(sizes)}_")
             start += shape[axis]
         self._finish(b)
-        self.steps.append(Launch(fn.name, _grid(largest), BLOCK, refs))
+        # The grid covers the largest part (the whole output, with open sizes).
+        work = max(sizes) if all(isinstance(x, int) for x in sizes) else math.prod(d["shape"])
+        self.steps.append(Launch(fn.name, work, BLOCK, BLOCK, refs))
 
 
 # --- checking and emission -------------------------------------------------------------------
@@ -559,7 +619,7 @@ def lower_graph_ptx(g, name: str, arch: str = DEFAULT_ARCH) -> GpuProgram:
     optimize(mod, tm, text, speed_level=3)
     _check_optimized(mod)
     ptx = tm.emit_assembly(mod)
-    return GpuProgram(ptx, text, arch, lowering.steps, lowering.scratch)
+    return GpuProgram(ptx, text, arch, lowering.steps, lowering.scratch, lowering.symbols)
 
 
 def _check_optimized(mod) -> None:

@@ -316,6 +316,7 @@ class _BoundShape:
         _check_output_memory(self.out_types)
         self.workspace_bytes = evaluate_size(generic.workspace, values)
         self.cfunc = generic.exe.cfunc
+        self.values = values
         self.extra = (np.array([values[s] for s in generic.symbols], dtype=np.int64),)
         self.hits = 0
 

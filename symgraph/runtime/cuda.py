@@ -15,12 +15,16 @@ import threading
 
 import numpy as np
 
-from ..codegen.nvptx import DEFAULT_ARCH, Copy, lower_graph_ptx, normalize_arch
+from ..codegen.nvptx import DEFAULT_ARCH, Copy, lower_graph_ptx, normalize_arch, size_for
 from ..errors import ArgumentError, CompileError, DTypeError, ExecutionError
-from ..infer import specialize
+from ..infer import specialize, specialize_generic
+from ..passes.memory import ALIGN
+from ..shapes import NotGeneric
 from .compiled import (
     CompiledFunction,
     Executable,
+    GenericExecutable,
+    _BoundShape,
     _contiguous_key,
     _fail,
     bind_arguments,
@@ -175,6 +179,10 @@ class _DeviceInput:
         if self.dtype.kind not in "bif" or self.dtype.byteorder == ">":
             raise DTypeError(f"input {name!r}: unsupported device array dtype {self.dtype}")
 
+    @property
+    def ndim(self):
+        return len(self.shape)
+
 
 # --- the compiled function ------------------------------------------------------------------------
 
@@ -187,33 +195,56 @@ class _Library:
 
 
 class CudaExecutable(Executable):
-    """One specialization's PTX, launch plan and (after the first call) device state."""
+    """One specialization's PTX and launch plan (sizes may be symbolic: shape-generic code),
+    the module once loaded, and device state per set of size values."""
+
+    MAX_STATES = 8  # size bindings whose buffers stay allocated
 
     def __init__(self, g, pass_log, program, out_types, stages):
         super().__init__(g, pass_log, _Library(program), None, out_types, stages)
         self.program = program
-        self.device = None  # _DeviceState, made on the first call
+        self.functions = None  # kernel name -> CUfunction, after the first call
+        self.states = {}  # size values -> _DeviceState
         self.call_lock = threading.Lock()
+
+    def state_for(self, driver, values, in_types, out_types):
+        """The loaded kernels and the buffers for these size values, made on first need."""
+        if self.functions is None:
+            module = driver.check(driver.cu.cuModuleLoadData(self.program.ptx.encode() + b"\0"),
+                                  "cuModuleLoadData")
+            self.functions = {
+                step.kernel: driver.check(
+                    driver.cu.cuModuleGetFunction(module, step.kernel.encode()),
+                    "cuModuleGetFunction")
+                for step in self.program.steps if not isinstance(step, Copy)}
+        key = tuple(sorted(values.items()))
+        state = self.states.get(key)
+        if state is None:
+            if len(self.states) >= self.MAX_STATES:
+                self.states.pop(next(iter(self.states))).free()
+            state = self.states[key] = _DeviceState(driver, self, values, in_types, out_types)
+        return state
 
 
 class _DeviceState:
-    """The loaded module and the buffers allocated once per plan."""
+    """The buffers of one plan at one set of size values, allocated once."""
 
-    def __init__(self, driver, exe):
+    def __init__(self, driver, exe, values, in_types, out_types):
         g = exe.graph
         program = exe.program
         self.driver = driver
-        self.module = driver.check(driver.cu.cuModuleLoadData(program.ptx.encode() + b"\0"),
-                                   "cuModuleLoadData")
-        self.functions = {}
-        for step in program.steps:
-            if not isinstance(step, Copy) and step.kernel not in self.functions:
-                self.functions[step.kernel] = driver.check(
-                    driver.cu.cuModuleGetFunction(self.module, step.kernel.encode()),
-                    "cuModuleGetFunction")
-        self.workspace = driver.alloc(exe.workspace_bytes)
+        self.values = values
+        self.functions = exe.functions
+        self.workspace = driver.alloc(size_for(exe.workspace_bytes, values))
         self.status = driver.alloc(4)
-        self.scratch = {name: driver.alloc(n) for name, n in program.scratch.items()}
+        self.scratch = {name: driver.alloc(size_for(n, values))
+                        for name, n in program.scratch.items()}
+        # The size symbols' values, as the kernels of shape-generic code read them.
+        self.sizes = None
+        if program.symbols:
+            sizes = np.array([values[name] for name in program.symbols], dtype=np.int64)
+            self.sizes = driver.alloc(sizes.nbytes)
+            driver.to_device(self.sizes, sizes)
         self.consts = {}
         for n in g.nodes:
             if g.nodes[n]["op"] == "const":
@@ -234,14 +265,24 @@ class _DeviceState:
             if n in self.consts:
                 self.where[n] = ("const", n)
             elif "offset" in g.nodes[n]:
-                self.where.setdefault(n, ("ws", g.nodes[n]["offset"]))
+                offset = size_for(g.nodes[n]["offset"], values)
+                if program.symbols:  # regions of generic plans start ALIGN-aligned, as on the CPU
+                    offset = -(-offset // ALIGN) * ALIGN
+                self.where.setdefault(n, ("ws", offset))
         # Staging buffers for numpy inputs and outputs, reused by every call.
-        self.staged_in = [driver.alloc(_nbytes(t)) for t in exe.in_types]
-        self.staged_out = [driver.alloc(_nbytes(t)) for t in exe.out_types]
+        self.staged_in = [driver.alloc(_nbytes(t)) for t in in_types]
+        self.staged_out = [driver.alloc(_nbytes(t)) for t in out_types]
+
+    def free(self):
+        for ptr in [self.workspace, self.status, *self.scratch.values(), *self.consts.values(),
+                    *self.staged_in, *self.staged_out] + ([self.sizes] if self.sizes else []):
+            self.driver.free(ptr)
 
     def pointer(self, ref, ins, outs):
         if ref == "status":
             return self.status
+        if ref == "sizes":
+            return self.sizes
         if isinstance(ref, tuple):
             return self.scratch[ref[1]]
         kind, where = self.where[ref]
@@ -259,10 +300,13 @@ class _DeviceState:
                      "cuMemsetD32")
         for step in program.steps:
             if isinstance(step, Copy):
-                driver.copy(outs[step.output], self.pointer(step.source, ins, outs), step.nbytes)
+                driver.copy(outs[step.output], self.pointer(step.source, ins, outs),
+                            size_for(step.nbytes, self.values))
                 continue
-            driver.launch(self.functions[step.kernel], step.grid, step.block,
-                          [self.pointer(r, ins, outs) for r in step.params])
+            grid = step.grid_for(self.values)
+            if grid:  # (an open size that is 0 this call: nothing to do)
+                driver.launch(self.functions[step.kernel], grid, step.block,
+                              [self.pointer(r, ins, outs) for r in step.params])
         status = np.zeros(1, np.int32)
         driver.to_host(status, self.status)  # synchronizes with the default stream
         return int(status[0])
@@ -276,7 +320,6 @@ def _nbytes(t):
 class CudaFunction(CompiledFunction):
     """The callable compile(..., target='cuda') returns; ``ptx`` holds the generated code."""
 
-    SHAPE_GENERIC = False  # device code is specialized per shape
     EPILOGUES = False  # the PTX lowering runs a product and its epilogue as two kernels
 
     def __init__(self, structure, variables, *, arch=None, **options):
@@ -289,16 +332,18 @@ class CudaFunction(CompiledFunction):
 
     @property
     def ptx(self) -> str:
-        """The PTX text of the latest specialization (made at compile time when every Variable
-        declares its shape and dtype)."""
+        """The PTX text of the latest specialization, made at compile time when every Variable
+        declares its dtype and its shape (sizes may be None or named: then the PTX serves
+        every size, reading them from a buffer at run time)."""
         if self._latest is None:
             undeclared = [v.attrs["name"] for v in self.variables
-                          if v.attrs.get("dtype") is None or v.attrs.get("shape") is None
-                          or not all(isinstance(d, int) for d in v.attrs["shape"])]
+                          if v.attrs.get("dtype") is None or v.attrs.get("shape") is None]
+            why = (f"Variable(s) {undeclared} do not declare a shape and dtype" if undeclared
+                   else f"this graph needs concrete sizes ({self.generic_status})")
             raise ArgumentError(
-                f"no PTX yet: Variable(s) {undeclared} do not declare a full shape and dtype",
-                hint="code generation is static-shape: declare Variable(name, shape=(...), "
-                     "dtype=...) with no None sizes, or call the function once on a GPU")
+                f"no PTX yet: {why}",
+                hint="declare Variable(name, shape=(...), dtype=...) (sizes may be None), "
+                     "or call the function once on a GPU")
         return self._latest.program.ptx
 
     def _generate_fast_path(self):
@@ -309,9 +354,22 @@ class CudaFunction(CompiledFunction):
         g, log, stages = self._optimize(g)
         program = lower_graph_ptx(g, self.name, self.arch)
         out_types = [(g.nodes[o]["shape"], g.nodes[o]["dtype"]) for o in g.graph["outputs"]]
-        exe = CudaExecutable(g, log, program, out_types, stages)
-        exe.in_types = [(tuple(s), np.dtype(d)) for s, d in types]
-        return exe
+        return CudaExecutable(g, log, program, out_types, stages)
+
+    def _build_generic(self, dtypes):
+        """PTX for every size of the open axes: kernels read the sizes from a buffer, and
+        the host evaluates the plan's grids and buffer sizes per call."""
+        declared = {name: (v.attrs["shape"], np.dtype(dtype))
+                    for name, v, dtype in zip(self.inputs, self.variables, dtypes)}
+        g, input_shapes = specialize_generic(self._template, declared)
+        symbols = g.graph["symbols"]
+        if not symbols:
+            raise NotGeneric("every axis has a fixed size")
+        g, log, stages = self._optimize(g)
+        program = lower_graph_ptx(g, self.name, self.arch)
+        layout = GenericExecutable.layout(g)
+        exe = CudaExecutable(g, log, program, layout["out_types"], stages)
+        return GenericExecutable(exe, [input_shapes[n] for n in self.inputs], symbols, layout)
 
     def export(self, *args, **kwargs):
         raise CompileError("export() writes CPU libraries; it is not available for target='cuda'")
@@ -324,12 +382,22 @@ class CudaFunction(CompiledFunction):
         driver = _Driver.get()
         driver.activate()
         on_device = [isinstance(v, _DeviceInput) for v in values]
-        exe = self._specialize([(v.shape, v.dtype) for v in values],
-                               _contiguous_key([(v.shape, v.dtype) for v in values]))
+        types = [(tuple(v.shape), np.dtype(v.dtype)) for v in values]
+        key = _contiguous_key(types)
+        found = self._specializations.get(key)
+        if found is None:
+            found = self._generic_for(values, key)
+        if found is None:
+            found = self._specialize(types, key)
+        else:
+            found.hits += 1
+        if isinstance(found, _BoundShape):  # shape-generic code at this call's sizes
+            exe, sizes = found.executable, found.values
+        else:
+            exe, sizes = found, {}
+        out_types = found.out_types
         with exe.call_lock:
-            if exe.device is None:
-                exe.device = _DeviceState(driver, exe)
-            state = exe.device
+            state = exe.state_for(driver, sizes, types, out_types)
             ins = []
             for i, v in enumerate(values):
                 if on_device[i]:
@@ -339,17 +407,17 @@ class CudaFunction(CompiledFunction):
                     ins.append(state.staged_in[i])
             device_out = bool(values) and all(on_device)
             if device_out:
-                outs = [driver.alloc(_nbytes(t)) for t in exe.out_types]
+                outs = [driver.alloc(_nbytes(t)) for t in out_types]
             else:
                 outs = state.staged_out
             status = state.run(exe.program, ins, outs)
             if status:
                 _fail(status, exe)
             if device_out:
-                results = [DeviceArray(p, s, d, driver) for p, (s, d) in zip(outs, exe.out_types)]
+                results = [DeviceArray(p, s, d, driver) for p, (s, d) in zip(outs, out_types)]
             else:
                 results = []
-                for p, (shape, dtype) in zip(outs, exe.out_types):
+                for p, (shape, dtype) in zip(outs, out_types):
                     host = np.empty(shape, dtype)
                     driver.to_host(host, p)
                     results.append(host)
