@@ -148,13 +148,16 @@ def test_gpu_matches_interpreter(name):
     f = sg.compile(outs, target="cuda")
     got = f(**inputs)
     for expr, value in zip(outs, got):
-        want = sg.evaluate(expr, **inputs)
-        assert value.shape == want.shape and value.dtype == want.dtype
-        if want.dtype.kind == "f":
-            rtol, atol = _tolerance(want.dtype)
-            np.testing.assert_allclose(value, want, rtol=rtol * 50, atol=atol * 50)
-        else:
-            np.testing.assert_array_equal(value, want)
+        _assert_matches(value, sg.evaluate(expr, **inputs))
+
+
+def _assert_matches(value, want):
+    assert value.shape == want.shape and value.dtype == want.dtype
+    if want.dtype.kind == "f":
+        rtol, atol = _tolerance(want.dtype)
+        np.testing.assert_allclose(value, want, rtol=rtol * 50, atol=atol * 50)
+    else:
+        np.testing.assert_array_equal(value, want)
 
 
 @needs_gpu
@@ -178,12 +181,7 @@ def test_gpu_shape_generic_code_matches_interpreter(name):
         except SymgraphError:  # these sizes are invalid for the graph (e.g. a matmul's k)
             continue
         for value, want in zip(f(**data), wants):
-            assert value.shape == want.shape and value.dtype == want.dtype
-            if want.dtype.kind == "f":
-                rtol, atol = _tolerance(want.dtype)
-                np.testing.assert_allclose(value, want, rtol=rtol * 50, atol=atol * 50)
-            else:
-                np.testing.assert_array_equal(value, want)
+            _assert_matches(value, want)
 
 
 @needs_gpu

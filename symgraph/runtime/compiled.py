@@ -833,14 +833,19 @@ def fast({params}{', ' if params else ''}*, out=None):
             self._specializations[key] = bound
         return bound
 
-    def _build_generic(self, dtypes):
+    def _generic_graph(self, dtypes):
+        """(graph, input shapes, size symbols) with every open axis a symbol, for these
+        input dtypes; NotGeneric when there is nothing open or the graph needs sizes."""
         declared = {name: (v.attrs["shape"], np.dtype(dtype))
                     for name, v, dtype in zip(self.inputs, self.variables, dtypes)}
         g, input_shapes = specialize_generic(self._template, declared)
         symbols = g.graph["symbols"]
         if not symbols:
             raise NotGeneric("every axis has a fixed size")
-        shapes = [input_shapes[name] for name in self.inputs]
+        return g, [input_shapes[name] for name in self.inputs], symbols
+
+    def _build_generic(self, dtypes):
+        g, shapes, symbols = self._generic_graph(dtypes)
         n_args = len(self.inputs) + len(g.graph["outputs"]) + 2
         signature = ctypes.CFUNCTYPE(ctypes.c_int32, *([ctypes.py_object] * n_args))
         options = (self.opt_level, self.disable, tuple(self.passes), self.num_threads)

@@ -17,9 +17,8 @@ import numpy as np
 
 from ..codegen.nvptx import DEFAULT_ARCH, Copy, lower_graph_ptx, normalize_arch, size_for
 from ..errors import ArgumentError, CompileError, DTypeError, ExecutionError
-from ..infer import specialize, specialize_generic
+from ..infer import specialize
 from ..passes.memory import ALIGN
-from ..shapes import NotGeneric
 from .compiled import (
     CompiledFunction,
     Executable,
@@ -359,17 +358,12 @@ class CudaFunction(CompiledFunction):
     def _build_generic(self, dtypes):
         """PTX for every size of the open axes: kernels read the sizes from a buffer, and
         the host evaluates the plan's grids and buffer sizes per call."""
-        declared = {name: (v.attrs["shape"], np.dtype(dtype))
-                    for name, v, dtype in zip(self.inputs, self.variables, dtypes)}
-        g, input_shapes = specialize_generic(self._template, declared)
-        symbols = g.graph["symbols"]
-        if not symbols:
-            raise NotGeneric("every axis has a fixed size")
+        g, shapes, symbols = self._generic_graph(dtypes)
         g, log, stages = self._optimize(g)
         program = lower_graph_ptx(g, self.name, self.arch)
         layout = GenericExecutable.layout(g)
         exe = CudaExecutable(g, log, program, layout["out_types"], stages)
-        return GenericExecutable(exe, [input_shapes[n] for n in self.inputs], symbols, layout)
+        return GenericExecutable(exe, shapes, symbols, layout)
 
     def export(self, *args, **kwargs):
         raise CompileError("export() writes CPU libraries; it is not available for target='cuda'")
