@@ -1,4 +1,5 @@
 """target='cuda': compile-time errors, no-GPU behaviour, and numerics when a GPU is present."""
+import ctypes
 import subprocess
 import sys
 
@@ -285,3 +286,82 @@ def test_shape_generic_calls_plan_launches_from_the_sizes(monkeypatch):
         else:
             assert not driver.launches
     assert f.cache_info().compilations == 1
+
+
+class _FakeCudaTensor:
+    """A DLPack producer whose tensor claims to be on CUDA device 0 (its memory is host
+    memory the recording driver is told about): enough to test reading capsules here."""
+
+    def __init__(self, array, device_type=2, dtype=(2, 32, 1), strides=None):
+        self.array = array
+        self.shape = (ctypes.c_int64 * array.ndim)(*array.shape)
+        self.strides = None if strides is None else (ctypes.c_int64 * array.ndim)(*strides)
+        self.tensor = cuda._DLTensor(array.ctypes.data, device_type, 0, array.ndim, *dtype,
+                                     self.shape, self.strides, 0)
+        self.device_type = device_type
+
+    def __dlpack_device__(self):
+        return (self.device_type, 0)
+
+    def __dlpack__(self, stream=None):
+        new = ctypes.pythonapi.PyCapsule_New
+        new.restype, new.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p,
+                                                       ctypes.c_void_p]
+        return new(ctypes.addressof(self.tensor), b"dltensor", None)
+
+
+def test_dlpack_inputs_are_read_in_place(monkeypatch):
+    driver = _RecordingDriver()
+    monkeypatch.setattr(cuda._Driver, "get", classmethod(lambda cls: driver))
+    data = np.arange(12, dtype=np.float32).reshape(3, 4)
+    external = _FakeCudaTensor(data)
+    driver.allocs[data.ctypes.data] = data.nbytes  # memory the "device" may read
+    x = Variable("x", shape=(3, 4), dtype="float32")
+    f = sg.compile(sg.exp(x) + 1.0, target="cuda")
+    result = f(x=external)
+    assert isinstance(result, cuda.DeviceArray) and result.shape == (3, 4)
+    assert any(data.ctypes.data in ptrs for _, _, _, ptrs in driver.launches)
+    assert not any(a.shape == (3, 4) for a in driver.uploads.values())  # no copy in
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"dtype": (2, 16, 1)}, "unsupported DLPack dtype"),
+    ({"strides": (1, 3)}, "non-contiguous"),
+])
+def test_bad_dlpack_inputs_are_named(monkeypatch, kwargs, error):
+    driver = _RecordingDriver()
+    monkeypatch.setattr(cuda._Driver, "get", classmethod(lambda cls: driver))
+    x = Variable("x", shape=(3, 4), dtype="float32")
+    f = sg.compile(x * 2.0, target="cuda")
+    with pytest.raises(SymgraphError, match=error):
+        f(x=_FakeCudaTensor(np.zeros((3, 4), np.float32), **kwargs))
+
+
+def test_host_dlpack_producers_are_copied_like_arrays(monkeypatch):
+    """numpy arrays (and other host tensors) have __dlpack__ too: they are inputs to copy."""
+    assert not cuda._on_cuda_device(np.zeros(3))
+    assert not cuda._on_cuda_device(_FakeCudaTensor(np.zeros(3, np.float32), device_type=1))
+    assert cuda._on_cuda_device(_FakeCudaTensor(np.zeros(3, np.float32)))
+
+
+@needs_gpu
+def test_gpu_dlpack_input_from_torch():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA support here")
+
+    class OnlyDLPack:  # hides __cuda_array_interface__, so the DLPack route is taken
+        def __init__(self, t):
+            self.t = t
+
+        def __dlpack__(self, stream=None):
+            return self.t.__dlpack__(stream=stream)
+
+        def __dlpack_device__(self):
+            return self.t.__dlpack_device__()
+
+    data = np.linspace(-1, 1, 1000, dtype=np.float32)
+    x = Variable("x", shape=(None,), dtype="float32")
+    f = sg.compile(sg.exp(x) + 1.0, target="cuda")
+    result = f(x=OnlyDLPack(torch.from_numpy(data).cuda()))
+    np.testing.assert_allclose(result.numpy(), np.exp(data) + 1, rtol=1e-6)

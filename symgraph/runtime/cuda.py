@@ -6,11 +6,13 @@ fails to import without them. Each specialization loads its PTX once and allocat
 device buffers once (workspace, reduction partials, constants, staging for numpy inputs and
 outputs); a call copies numpy inputs in, launches the plan's kernels in order on the default
 stream and copies the outputs back. Arrays that live on the device already (anything with
-``__cuda_array_interface__``: CuPy, PyTorch, Numba) are read in place, and the outputs are
-then returned as `DeviceArray`s without any copy to the host.
+``__cuda_array_interface__``: CuPy, PyTorch, Numba; or a DLPack producer on a CUDA device)
+are read in place, and the outputs are then returned as `DeviceArray`s without any copy to
+the host. With open sizes, one PTX serves every size: the plan is evaluated per call.
 """
 from __future__ import annotations
 
+import ctypes
 import threading
 
 import numpy as np
@@ -162,25 +164,87 @@ class DeviceArray:
 
 
 class _DeviceInput:
-    """An input that already lives on the device, described by __cuda_array_interface__."""
+    """An input that already lives on the device: read in place, never copied. Described by
+    ``__cuda_array_interface__`` (CuPy, Numba, PyTorch) or by a DLPack capsule."""
 
-    def __init__(self, name, value):
-        cai = value.__cuda_array_interface__
-        self.shape = tuple(cai["shape"])
-        self.dtype = np.dtype(cai["typestr"])
-        self.ptr = int(cai["data"][0] or 0)
-        strides = cai.get("strides")
+    def __init__(self, name, shape, dtype, ptr, strides=None, owner=None):
+        self.shape, self.dtype, self.ptr = tuple(int(n) for n in shape), np.dtype(dtype), int(ptr)
+        self.owner = owner  # what keeps the memory alive until the call is done
         if strides is not None:
             expected = _contiguous_key([(self.shape, self.dtype)])[2]
             if tuple(strides) != expected and np.prod(self.shape) > 1:
                 raise ArgumentError(f"input {name!r} is a non-contiguous device array",
                                     hint="make it contiguous first (e.g. cupy.ascontiguousarray)")
-        if self.dtype.kind not in "bif" or self.dtype.byteorder == ">":
+        if self.dtype.kind not in "bif" or self.dtype.byteorder == ">" or \
+                self.dtype.name not in ("bool", "int32", "int64", "float32", "float64"):
             raise DTypeError(f"input {name!r}: unsupported device array dtype {self.dtype}")
+
+    @classmethod
+    def from_interface(cls, name, value):
+        cai = value.__cuda_array_interface__
+        return cls(name, cai["shape"], cai["typestr"], cai["data"][0] or 0, cai.get("strides"),
+                   value)
+
+    @classmethod
+    def from_dlpack(cls, name, value):
+        """Read a DLPack capsule in place. The capsule is not marked used, so its producer's
+        destructor releases the tensor when the call drops it."""
+        try:
+            capsule = value.__dlpack__(stream=1)  # 1: CUDA's legacy default stream, ours
+        except TypeError:
+            capsule = value.__dlpack__()
+        get = ctypes.pythonapi.PyCapsule_GetPointer
+        get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+        try:
+            tensor = _DLTensor.from_address(get(capsule, b"dltensor"))
+        except ValueError:
+            raise ArgumentError(f"input {name!r}: __dlpack__ gave no usable DLPack capsule") \
+                from None
+        if tensor.device_type not in _DLPACK_CUDA:
+            raise ArgumentError(f"input {name!r}: a DLPack tensor on device type "
+                                f"{tensor.device_type}, not a CUDA device")
+        code_bits = (tensor.dtype_code, tensor.dtype_bits, tensor.dtype_lanes)
+        dtype = _DLPACK_DTYPES.get(code_bits)
+        if dtype is None:
+            raise DTypeError(f"input {name!r}: unsupported DLPack dtype (code, bits, lanes) "
+                             f"{code_bits}")
+        shape = [tensor.shape[i] for i in range(tensor.ndim)]
+        strides = None
+        if tensor.strides:  # in elements
+            strides = [tensor.strides[i] * dtype.itemsize for i in range(tensor.ndim)]
+        return cls(name, shape, dtype, (tensor.data or 0) + tensor.byte_offset, strides,
+                   (value, capsule))
 
     @property
     def ndim(self):
         return len(self.shape)
+
+
+class _DLTensor(ctypes.Structure):
+    """The DLTensor at the start of a DLManagedTensor (DLPack 0.x and 1.x capsules)."""
+
+    _fields_ = [("data", ctypes.c_void_p), ("device_type", ctypes.c_int32),
+                ("device_id", ctypes.c_int32), ("ndim", ctypes.c_int32),
+                ("dtype_code", ctypes.c_uint8), ("dtype_bits", ctypes.c_uint8),
+                ("dtype_lanes", ctypes.c_uint16), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
+
+
+_DLPACK_CUDA = (2, 13)  # kDLCUDA, kDLCUDAManaged
+_DLPACK_DTYPES = {(0, 32, 1): np.dtype(np.int32), (0, 64, 1): np.dtype(np.int64),
+                  (2, 32, 1): np.dtype(np.float32), (2, 64, 1): np.dtype(np.float64),
+                  (6, 8, 1): np.dtype(np.bool_)}
+
+
+def _on_cuda_device(value) -> bool:
+    """Whether a DLPack producer's tensor lives on a CUDA device (numpy arrays do not)."""
+    if isinstance(value, np.ndarray) or not hasattr(value, "__dlpack__"):
+        return False
+    try:
+        device_type, _ = value.__dlpack_device__()
+    except Exception:  # no or a broken __dlpack_device__: not something to read in place
+        return False
+    return int(device_type) in _DLPACK_CUDA
 
 
 # --- the compiled function ------------------------------------------------------------------------
@@ -424,7 +488,9 @@ class CudaFunction(CompiledFunction):
         for name, loc in zip(self.inputs, self._locs):
             value = values[name]
             if hasattr(value, "__cuda_array_interface__"):
-                bound.append(_DeviceInput(name, value))
+                bound.append(_DeviceInput.from_interface(name, value))
+            elif _on_cuda_device(value):
+                bound.append(_DeviceInput.from_dlpack(name, value))
             else:
                 bound.append(prepare_input(name, value, loc))
         return bound
