@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 
 import harness  # noqa: E402
 
-SUITES = ("elementwise", "compile", "memory", "reductions", "matmul", "nn", "train")
+SUITES = ("elementwise", "compile", "memory", "reductions", "matmul", "nn", "train", "gpu")
 
 
 def machine() -> dict:
