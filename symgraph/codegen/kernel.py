@@ -29,12 +29,19 @@ from .gemm import GEMM_MIN_ROWS, GEMM_MIN_WORK, align_pointer, emit_matmul, fold
 from ..shapes import NotGeneric, Sym
 from .loops import bind_sizes, emit_loop, emit_nest, size_value
 from .nn import lower_conv, lower_pool
+from .mathlib import MATH_FUNCTIONS
 from .threadpool import declare_pool_run
 
 ERR_NO_MEMORY = 2
 ERR_NONFINITE_BASE = 16  # status 16 + k: check site k went non-finite (check_finite)
 NO_CHECK_FAILED = (1 << 62)
-PARALLEL_MIN_ELEMENTS = 1 << 17
+# Elements below which a loop of adds and multiplies stays on one thread: waking a worker
+# and moving its share of the data between cores cost 10-40 us on a 2-core VM, and on it
+# such loops gained from a second thread only from about a million elements (they are
+# memory-bound). Each math function in the loop (exp, tanh, ...) divides the threshold by
+# 1 + MATH_WEIGHT more.
+PARALLEL_MIN_ELEMENTS = 1 << 20
+MATH_WEIGHT = 2
 # Chunks per thread of a parallel loop, claimed in turn: with several each, a core that
 # other work slows down runs fewer of them instead of holding every other core up.
 CHUNKS_PER_THREAD = 4
@@ -575,9 +582,13 @@ class GraphLowering:
             return rows, "outer", guards, MATMUL_CHUNK_ROWS, MATMUL_CHUNKS_PER_THREAD
         else:
             return None
-        if _typical(work) < PARALLEL_MIN_ELEMENTS or _typical(extent) < 2:
+        # Math functions cost several times an add per element: such loops pay for a
+        # second thread at fewer elements.
+        math_ops = sum(g.nodes[n]["op"] in MATH_FUNCTIONS for n in members)
+        minimum = -(-PARALLEL_MIN_ELEMENTS // (1 + MATH_WEIGHT * math_ops))
+        if _typical(work) < minimum or _typical(extent) < 2:
             return None
-        guards = [(work, PARALLEL_MIN_ELEMENTS)] if isinstance(work, Sym) else []
+        guards = [(work, minimum)] if isinstance(work, Sym) else []
         return extent, mode, guards, 1, CHUNKS_PER_THREAD
 
     def _parallel_dispatcher(self, name, range_fn, n_fixed, root, plan):

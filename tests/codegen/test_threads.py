@@ -10,10 +10,19 @@ import symgraph as sg
 from symgraph import Variable, compile
 from symgraph.codegen import kernel
 
+SMALL = 1 << 12
+
+
+@pytest.fixture(autouse=True)
+def split_small_loops(monkeypatch):
+    """Split loops from a few thousand elements, so small data exercises the threads (and
+    keep such code out of the disk cache, which does not know the threshold)."""
+    monkeypatch.setattr(kernel, "PARALLEL_MIN_ELEMENTS", SMALL)
+    monkeypatch.setenv("SYMGRAPH_CACHE", "0")
+
 
 @pytest.mark.parametrize("num_threads", [2, 3, 7])
-@pytest.mark.parametrize("n", [kernel.PARALLEL_MIN_ELEMENTS, kernel.PARALLEL_MIN_ELEMENTS + 1,
-                               1_000_003])
+@pytest.mark.parametrize("n", [SMALL, SMALL + 1, 100_003])
 def test_every_element_is_covered_once(n, num_threads):
     """Integer results are exact in any order: a chunk missed or run twice would show."""
     x = Variable("x", (n,), "int64")
@@ -78,7 +87,7 @@ def test_open_sizes_split_at_run_time_and_stay_exact():
     """Shape-generic code picks its chunk bounds from the call's sizes."""
     x = Variable("x", (None,), "int64")
     f = compile([x.sum(), x - 1], num_threads=4)
-    for n in (0, 1, 5, kernel.PARALLEL_MIN_ELEMENTS - 1, 400_009):
+    for n in (0, 1, 5, SMALL - 1, 40_009):
         data = np.arange(n, dtype=np.int64)
         total, shifted = f(data)
         assert int(total) == n * (n - 1) // 2
