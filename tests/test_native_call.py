@@ -42,6 +42,18 @@ def test_declared_shapes_get_a_native_entry_that_matches_the_interpreter():
     assert f.cache_info().hits == before + 5  # and one through the dispatcher
 
 
+def test_names_built_at_run_time_are_matched_by_text():
+    a, b, y = _model()
+    f = compile(y)
+    x1, x2 = _inputs()
+    names = "a b".split()  # not the interned strings
+    got = f(**dict(zip(names, (x1, x2))))
+    np.testing.assert_array_equal(got, evaluate(y, a=x1, b=x2))
+    assert f._native.hits == 1
+    with pytest.raises(sg.SymgraphError, match="c"):
+        f(**dict(zip("a c".split(), (x1, x2))))
+
+
 def test_outputs_are_fresh_arrays():
     a, b, y = _model()
     f = compile(y)

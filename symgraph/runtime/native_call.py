@@ -70,8 +70,9 @@ LAYOUT_KEY = tuple(sorted(LAYOUT.items())) if ENABLED else None
 
 # Words of the context array, then two per input (dtype, interned name) and two per output
 # (shape tuple, dtype: the arguments of numpy.empty).
-_FALLBACK, _NDARRAY, _VECTORCALL, _SAVE_THREAD, _RESTORE_THREAD, _DECREF, _HITS, _EMPTY = range(8)
-_HEADER_WORDS = 8
+(_FALLBACK, _NDARRAY, _VECTORCALL, _SAVE_THREAD, _RESTORE_THREAD, _DECREF, _HITS, _EMPTY,
+ _COMPARE) = range(9)
+_HEADER_WORDS = 9
 
 
 def entry_name(name: str) -> str:
@@ -128,17 +129,34 @@ def add_native_entry(module: ir.Module, name: str, in_types, n_out: int) -> str 
         b.position_at_end(kw_loop)
         j = b.phi(I64, name="kw")
         j.add_incoming(c(0), pre)
-        key = b.ptrtoint(field(b.gep(kwnames, [b.mul(j, c(8))], source_etype=ir.IntType(8)),
-                               LAYOUT["tuple_items"]), I64)
+        key_obj = field(b.gep(kwnames, [b.mul(j, c(8))], source_etype=ir.IntType(8)),
+                        LAYOUT["tuple_items"])
+        key = b.ptrtoint(key_obj, I64)
         value = item(args, b.add(nargs, j))
-        matched = ir.Constant(ir.IntType(1), 0)
-        for i in range(n_in):
-            current = b.load(slots[i], typ=PTR)
-            take = b.and_(b.icmp_unsigned("==", key, item(ctx, _HEADER_WORDS + 2 * i + 1, I64)),
-                          b.icmp_unsigned("==", current, ir.Constant(PTR, None)))
-            b.store(b.select(take, value, current), slots[i])
-            matched = b.or_(matched, take)
-        b.cbranch(matched, kw_next, fallback_bb)  # an unknown or repeated name
+
+        def match(same):
+            """Put `value` in the first empty slot whose name `same(i)` says is the key."""
+            matched = ir.Constant(ir.IntType(1), 0)
+            for i in range(n_in):
+                current = b.load(slots[i], typ=PTR)
+                take = b.and_(same(i), b.icmp_unsigned("==", current, ir.Constant(PTR, None)))
+                b.store(b.select(take, value, current), slots[i])
+                matched = b.or_(matched, take)
+            return matched
+
+        by_identity = fn.append_basic_block("keywords.by_value")
+        b.cbranch(match(lambda i: b.icmp_unsigned(
+            "==", key, item(ctx, _HEADER_WORDS + 2 * i + 1, I64))), kw_next, by_identity)
+        # A name that is not the interned string (built at run time, say): compare text.
+        b.position_at_end(by_identity)
+        compare_ty = ir.FunctionType(I32, [PTR, PTR])
+
+        def same_text(i):
+            name = b.inttoptr(item(ctx, _HEADER_WORDS + 2 * i + 1, I64), PTR)
+            result = call_pointer(b, item(ctx, _COMPARE, I64), compare_ty, [key_obj, name])
+            return b.icmp_signed("==", result, ir.Constant(I32, 0))
+
+        b.cbranch(match(same_text), kw_next, fallback_bb)  # an unknown or repeated name
         b.position_at_end(kw_next)
         nxt = b.add(j, c(1))
         j.add_incoming(nxt, kw_next)
@@ -234,7 +252,7 @@ class NativeCall:
         out_shape, out_dtype = tuple(int(n) for n in out_type[0]), np.dtype(out_type[1])
         words = [id(fallback), id(np.ndarray), _address("PyObject_Vectorcall"),
                  _address("PyEval_SaveThread"), _address("PyEval_RestoreThread"),
-                 _address("Py_DecRef"), 0, id(np.empty)]
+                 _address("Py_DecRef"), 0, id(np.empty), _address("PyUnicode_Compare")]
         for descr, name in zip(descrs, interned):
             words += [id(descr), id(name)]
         words += [id(out_shape), id(out_dtype)]
