@@ -8,7 +8,6 @@ status word back, which waits for the kernels, so a call's time is its whole GPU
 from __future__ import annotations
 
 import numpy as np
-
 from harness import fmt_ratio, fmt_time, measure_interleaved, optional, table
 
 import symgraph as sg

@@ -242,6 +242,15 @@ def derived_sizes(g) -> list:
     return sorted(found, key=repr)
 
 
+def contiguous_strides(shape, itemsize: int) -> tuple:
+    """Byte strides of a C-contiguous array of `shape` (numpy's, size-0 axes included)."""
+    strides, step = [], itemsize
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
 def is_symbolic(shape) -> bool:
     return any(isinstance(d, Sym) for d in shape)
 

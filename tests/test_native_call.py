@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not native_call.ENABLED, reason="no native entry
 def _model():
     a = Variable("a", (3, 4), "float64")
     b = Variable("b", (4,), "float64")
-    return a, b, (a * b + b) / 3.0  # correctly rounded ops: bit-exact vs the interpreter
+    return (a * b + b) / 3.0  # correctly rounded ops: bit-exact vs the interpreter
 
 
 def _inputs():
@@ -29,7 +29,7 @@ def _inputs():
 
 
 def test_declared_shapes_get_a_native_entry_that_matches_the_interpreter():
-    a, b, y = _model()
+    y = _model()
     f = compile(y)
     assert f._native is not None
     x1, x2 = _inputs()
@@ -43,19 +43,19 @@ def test_declared_shapes_get_a_native_entry_that_matches_the_interpreter():
 
 
 def test_names_built_at_run_time_are_matched_by_text():
-    a, b, y = _model()
+    y = _model()
     f = compile(y)
     x1, x2 = _inputs()
-    names = "a b".split()  # not the interned strings
+    names = "a b".split()  # noqa: SIM905 - not the interned strings
     got = f(**dict(zip(names, (x1, x2))))
     np.testing.assert_array_equal(got, evaluate(y, a=x1, b=x2))
     assert f._native.hits == 1
     with pytest.raises(sg.SymgraphError, match="c"):
-        f(**dict(zip("a c".split(), (x1, x2))))
+        f(**dict(zip("a c".split(), (x1, x2))))  # noqa: SIM905
 
 
 def test_outputs_are_fresh_arrays():
-    a, b, y = _model()
+    y = _model()
     f = compile(y)
     x1, x2 = _inputs()
     first, second = f(x1, x2), f(x1, x2)
@@ -69,12 +69,12 @@ def test_outputs_are_fresh_arrays():
     lambda f, x1, x2: f(x1.tolist(), x2),                           # a list
     lambda f, x1, x2: f(x1.astype(">f8"), x2),                      # byte-swapped
     lambda f, x1, x2: f(x1.view(_Sub), x2),                         # an ndarray subclass
-    lambda f, x1, x2: f(**{"".join(["a"]): x1, "b": x2}),           # a name not interned
+    lambda f, x1, x2: f(**{"".join(["a"]): x1, "b": x2}),  # noqa: FLY002 - not interned
     lambda f, x1, x2: f(x1, x2, out=np.empty((3, 4))),              # out=
     lambda f, x1, x2: f(_misaligned(x1), x2),                       # unaligned data
 ])
 def test_unusual_valid_calls_take_the_dispatcher_and_match(call):
-    a, b, y = _model()
+    y = _model()
     f = compile(y)
     x1, x2 = _inputs()
     np.testing.assert_array_equal(call(f, x1, x2), evaluate(y, a=x1, b=x2))
@@ -102,7 +102,7 @@ def _misaligned(x):
     (lambda f, x1, x2: f("text", x2), "a"),                          # not an array
 ])
 def test_bad_calls_still_raise_symgraph_errors(call, error):
-    a, b, y = _model()
+    y = _model()
     f = compile(y)
     x1, x2 = _inputs()
     with pytest.raises(sg.SymgraphError, match=error):
@@ -119,7 +119,7 @@ def test_a_failing_status_raises_the_dispatchers_error():
 
 
 def test_reference_counts_do_not_move():
-    a, b, y = _model()
+    y = _model()
     f = compile(y)
     x1, x2 = _inputs()
     n = Variable("n", (3,), "int64")
@@ -143,7 +143,7 @@ def test_reference_counts_do_not_move():
 
 
 def test_the_entry_outlives_the_function_object():
-    a, b, y = _model()
+    y = _model()
     x1, x2 = _inputs()
     f = compile(y)
     call = f.__call__
@@ -177,7 +177,7 @@ def test_first_call_specializations_get_the_entry():
 
 
 def test_calls_from_many_threads_agree():
-    a, b, y = _model()
+    y = _model()
     f = compile(y)
     x1, x2 = _inputs()
     want = f(x1, x2)

@@ -42,7 +42,7 @@ from ..errors import (
 from ..frontend import Constant, Expr, find_variables, to_graph
 from ..graph import to_text
 from ..infer import check_input, specialize, specialize_generic
-from ..shapes import NotGeneric, Sym, derived_sizes
+from ..shapes import NotGeneric, Sym, contiguous_strides, derived_sizes
 from ..shapes import evaluate as evaluate_size
 from ..shapes import from_json as size_from_json
 from ..shapes import to_json as size_to_json
@@ -406,11 +406,7 @@ def _contiguous_key(types):
     key = []
     for shape, dtype in types:
         dtype = np.dtype(dtype)
-        strides, step = [], dtype.itemsize
-        for size in reversed(shape):
-            strides.append(step)
-            step *= max(size, 1)
-        key += (dtype, tuple(shape), tuple(reversed(strides)))
+        key += (dtype, tuple(shape), contiguous_strides(shape, dtype.itemsize))
     return tuple(key)
 
 

@@ -21,6 +21,7 @@ from ..codegen.nvptx import DEFAULT_ARCH, Copy, lower_graph_ptx, normalize_arch,
 from ..errors import ArgumentError, CompileError, DTypeError, ExecutionError
 from ..infer import specialize
 from ..passes.memory import ALIGN
+from ..shapes import contiguous_strides
 from .compiled import (
     CompiledFunction,
     Executable,
@@ -171,7 +172,7 @@ class _DeviceInput:
         self.shape, self.dtype, self.ptr = tuple(int(n) for n in shape), np.dtype(dtype), int(ptr)
         self.owner = owner  # what keeps the memory alive until the call is done
         if strides is not None:
-            expected = _contiguous_key([(self.shape, self.dtype)])[2]
+            expected = contiguous_strides(self.shape, self.dtype.itemsize)
             if tuple(strides) != expected and np.prod(self.shape) > 1:
                 raise ArgumentError(f"input {name!r} is a non-contiguous device array",
                                     hint="make it contiguous first (e.g. cupy.ascontiguousarray)")

@@ -26,6 +26,7 @@ import numpy as np
 from llvmlite import ir
 
 from ..codegen.emit import I32, I64, PTR, call_pointer
+from ..shapes import contiguous_strides
 
 METH_FASTCALL_KEYWORDS = 0x0080 | 0x0002
 NPY_ARRAY_ALIGNED = 0x0100
@@ -37,7 +38,7 @@ def _probe_layout():
     if (sys.implementation.name != "cpython" or ctypes.sizeof(ctypes.c_void_p) != 8
             or sysconfig.get_config_var("Py_GIL_DISABLED")):
         return None
-    word = lambda address: ctypes.c_int64.from_address(address).value  # noqa: E731
+    word = lambda address: ctypes.c_int64.from_address(address).value
     probe = np.zeros((3, 5, 7), np.float32)
     names = ("first_name", "second_name")
     layout = {"type": 8, "tuple_size": 16, "tuple_items": 24}
@@ -89,7 +90,7 @@ def add_native_entry(module: ir.Module, name: str, in_types, n_out: int) -> str 
     self_obj, args, nargs, kwnames = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     fallback_bb = fn.append_basic_block("fallback")
-    c = lambda v: ir.Constant(I64, v)  # noqa: E731
+    c = lambda v: ir.Constant(I64, v)
 
     def field(obj, offset, ty=PTR):
         return b.load(b.gep(obj, [c(offset)], source_etype=ir.IntType(8)), typ=ty)
@@ -105,7 +106,8 @@ def add_native_entry(module: ir.Module, name: str, in_types, n_out: int) -> str 
 
     ctx = field(self_obj, LAYOUT["data"])
     n_in = len(in_types)
-    # Bind: positional arguments first, then keywords matched by interned-name identity.
+    # Bind: positional arguments first, then keywords, matched to the interned names by
+    # identity, else by text.
     require(b.icmp_signed("<=", nargs, c(n_in)))
     n_kw_slot = b.alloca(I64, name="n_kw")
     b.store(c(0), n_kw_slot)
@@ -144,11 +146,11 @@ def add_native_entry(module: ir.Module, name: str, in_types, n_out: int) -> str 
                 matched = b.or_(matched, take)
             return matched
 
-        by_identity = fn.append_basic_block("keywords.by_value")
+        by_text = fn.append_basic_block("keywords.by_text")
         b.cbranch(match(lambda i: b.icmp_unsigned(
-            "==", key, item(ctx, _HEADER_WORDS + 2 * i + 1, I64))), kw_next, by_identity)
+            "==", key, item(ctx, _HEADER_WORDS + 2 * i + 1, I64))), kw_next, by_text)
         # A name that is not the interned string (built at run time, say): compare text.
-        b.position_at_end(by_identity)
+        b.position_at_end(by_text)
         compare_ty = ir.FunctionType(I32, [PTR, PTR])
 
         def same_text(i):
@@ -164,7 +166,7 @@ def add_native_entry(module: ir.Module, name: str, in_types, n_out: int) -> str 
         b.position_at_end(kw_done)
     # Check every input against the specialization: exact type, dtype, shape and strides.
     data = []
-    for i, (shape, _dtype) in enumerate(in_types):
+    for i, (shape, dtype) in enumerate(in_types):
         a = b.load(slots[i], typ=PTR)
         require(b.icmp_unsigned("!=", a, ir.Constant(PTR, None)))
         require(b.icmp_unsigned("==", field(a, LAYOUT["type"], I64), item(ctx, _NDARRAY, I64)))
@@ -176,7 +178,8 @@ def add_native_entry(module: ir.Module, name: str, in_types, n_out: int) -> str 
                                 ir.Constant(I32, 0)))
         if shape:
             dims, strides = field(a, LAYOUT["dims"]), field(a, LAYOUT["strides"])
-            for d, (size, stride) in enumerate(zip(shape, _contiguous_strides(shape, _dtype))):
+            expected = contiguous_strides(shape, np.dtype(dtype).itemsize)
+            for d, (size, stride) in enumerate(zip(shape, expected)):
                 require(b.icmp_unsigned("==", item(dims, d, I64), c(size)))
                 require(b.icmp_unsigned("==", item(strides, d, I64), c(stride)))
         data.append(field(a, LAYOUT["data"]))
@@ -185,44 +188,34 @@ def add_native_entry(module: ir.Module, name: str, in_types, n_out: int) -> str 
     vectorcall = item(ctx, _VECTORCALL, I64)
     out_args = b.gep(ctx, [c(_HEADER_WORDS + 2 * n_in)], source_etype=I64)
     out = call_pointer(b, vectorcall, vectorcall_ty,
-                      [b.inttoptr(item(ctx, _EMPTY, I64), PTR), out_args, c(2),
-                       ir.Constant(PTR, None)])
+                       [b.inttoptr(item(ctx, _EMPTY, I64), PTR), out_args, c(2),
+                        ir.Constant(PTR, None)])
     failed_alloc = fn.append_basic_block("no_output")
     allocated = fn.append_basic_block("output")
     b.cbranch(b.icmp_unsigned("==", out, ir.Constant(PTR, None)), failed_alloc, allocated)
     b.position_at_end(failed_alloc)
     b.ret(ir.Constant(PTR, None))  # numpy set the exception (MemoryError)
     b.position_at_end(allocated)
-    hits = b.gep(ctx, [c(_HITS)], source_etype=I64)
-    b.store(b.add(b.load(hits, typ=I64), c(1)), hits)
     # The kernels run without the GIL, as a ctypes call would.
-    state = call_pointer(b, item(ctx, _SAVE_THREAD, I64),
-                        ir.FunctionType(PTR, []), [])
+    state = call_pointer(b, item(ctx, _SAVE_THREAD, I64), ir.FunctionType(PTR, []), [])
     status = b.call(inner, data + [field(out, LAYOUT["data"]), ir.Constant(PTR, None)])
-    call_pointer(b, item(ctx, _RESTORE_THREAD, I64),
-                ir.FunctionType(ir.VoidType(), [PTR]), [state])
+    call_pointer(b, item(ctx, _RESTORE_THREAD, I64), ir.FunctionType(ir.VoidType(), [PTR]),
+                 [state])
     ok = fn.append_basic_block("done")
     bad = fn.append_basic_block("failed")
     b.cbranch(b.icmp_unsigned("==", status, ir.Constant(I32, 0)), ok, bad)
     b.position_at_end(ok)
+    hits = b.gep(ctx, [c(_HITS)], source_etype=I64)
+    b.store(b.add(b.load(hits, typ=I64), c(1)), hits)
     b.ret(out)
-    b.position_at_end(bad)
-    call_pointer(b, item(ctx, _DECREF, I64),
-                ir.FunctionType(ir.VoidType(), [PTR]), [out])
+    b.position_at_end(bad)  # the dispatcher runs the call again and raises its error
+    call_pointer(b, item(ctx, _DECREF, I64), ir.FunctionType(ir.VoidType(), [PTR]), [out])
     b.branch(fallback_bb)
     # Anything unusual: the Python dispatcher, with the call exactly as it came.
     b.position_at_end(fallback_bb)
     b.ret(call_pointer(b, item(ctx, _VECTORCALL, I64), vectorcall_ty,
-                      [b.inttoptr(item(ctx, _FALLBACK, I64), PTR), args, nargs, kwnames]))
+                       [b.inttoptr(item(ctx, _FALLBACK, I64), PTR), args, nargs, kwnames]))
     return fn.name
-
-
-def _contiguous_strides(shape, dtype):
-    strides, step = [], np.dtype(dtype).itemsize
-    for size in reversed(shape):
-        strides.append(step)
-        step *= max(size, 1)
-    return list(reversed(strides))
 
 
 class _PyMethodDef(ctypes.Structure):
