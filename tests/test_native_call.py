@@ -219,3 +219,10 @@ def test_the_entry_can_be_switched_off():
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                          text=True, check=True).stdout
     assert out.split(None, 1) == ["True", "[2.0, 2.0, 2.0, 2.0]\n"]
+
+
+def test_the_signature_names_the_inputs():
+    import inspect
+
+    f = compile(_model())
+    assert str(inspect.signature(f)) == "(a, b, *, out=None)"

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import ctypes
 import gc
+import inspect
 import keyword
 import math
 import operator
@@ -401,6 +402,15 @@ _STATUS_MESSAGES = {
 }
 
 
+def _call_signature(names):
+    """What inspect.signature(f) shows: the inputs by position or name, then out=."""
+    P = inspect.Parameter
+    if not all(n.isidentifier() and not keyword.iskeyword(n) and n != "out" for n in names):
+        return inspect.Signature([P("args", P.VAR_POSITIONAL), P("kwargs", P.VAR_KEYWORD)])
+    return inspect.Signature([P(n, P.POSITIONAL_OR_KEYWORD) for n in names]
+                             + [P("out", P.KEYWORD_ONLY, default=None)])
+
+
 def _contiguous_key(types):
     """The specialization key of C-contiguous arrays of the given shapes and dtypes."""
     key = []
@@ -540,6 +550,7 @@ class CompiledFunction:
         # (runtime/native_call.py) takes over the calls it can serve.
         self._entry = self._dispatch
         self._native = None
+        self.__signature__ = _call_signature(self.inputs)
         declared = [v.attrs.get("shape") is not None and all(isinstance(d, int) for d in v.attrs["shape"])
                     and v.attrs.get("dtype") is not None for v in variables]
         if all(declared):
