@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--opt-level", type=int, default=2, metavar="N", help="optimization level (2)")
     e.add_argument("--disable", action="append", default=[], metavar="PASS",
                    help="switch an optimizing pass off (repeatable)")
+    e.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="threads for large loops, the caller's and the library's own (1)")
     e.set_defaults(run=export_model)
     return parser
 
@@ -490,5 +492,5 @@ def export_model(args, out):
         name = re.sub(r"\W", "_", stem) if stem and not stem[0].isdigit() else f"model_{stem}"
     f = compile_(dict(zip(subject.names, subject.outputs)), inputs=subject.variables,
                  opt_level=args.opt_level, disable=tuple(args.disable))
-    library, header = f.export(args.out_dir, name=name, cpu=args.cpu)
+    library, header = f.export(args.out_dir, name=name, cpu=args.cpu, num_threads=args.threads)
     out.write(f"wrote {library}\nwrote {header}\n")

@@ -304,3 +304,54 @@ def test_unwritable_export_directory(directory):
     with pytest.raises(sg.StorageError) as info:
         f.export(directory)
     assert isinstance(info.value, OSError)
+
+
+@needs_cc
+def test_threaded_export_matches_the_threaded_jit(tmp_path):
+    """num_threads=2: the library splits large loops on its own thread pool, and gives the
+    JIT's results bit for bit (same chunks, same partial sums)."""
+    n = 1 << 21
+    x = sg.Variable("x", (n,), "float64")
+    f = sg.compile({"y": sg.exp(x) * 0.5, "total": x.sum(), "peak": sg.max(x * x)},
+                   name="big", num_threads=2)
+    data = (np.arange(n) % 1000) * 0.001 - 0.3  # what the C program fills in
+    want = f(x=data)
+    lib, header = f.export(tmp_path / "out", name="big", num_threads=2)
+    assert "worker thread" in open(header).read()
+    symbols = subprocess.run(["nm", "-D", "--defined-only", lib], capture_output=True,
+                             text=True).stdout
+    assert "symgraph_pool" not in symbols  # the pool stays private to the library
+    program = f"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "big.h"
+int main(void) {{
+    long n = {n};
+    double *x = malloc(n * sizeof(double)), *y = malloc(n * sizeof(double));
+    double total, peak;
+    for (long i = 0; i < n; i++) x[i] = (i % 1000) * 0.001 - 0.3;
+    for (int rep = 0; rep < 3; rep++) {{
+        int status = big_run(x, n, y, n, &total, 1, &peak, 1);
+        if (status) {{ printf("status %d\\n", status); return 1; }}
+    }}
+    printf("%a\\n%a\\n%a\\n%a\\n", total, peak, y[0], y[n - 1]);
+    free(x); free(y);
+    return 0;
+}}
+"""
+    (tmp_path / "main.c").write_text(program)
+    exe = tmp_path / "main"
+    subprocess.run([CC, "-std=c11", "-O1", "-o", str(exe), str(tmp_path / "main.c"),
+                    f"-I{tmp_path / 'out'}", f"-L{tmp_path / 'out'}", "-lbig",
+                    f"-Wl,-rpath,{tmp_path / 'out'}"], check=True, capture_output=True)
+    done = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = [float.fromhex(v) for v in done.stdout.split()]
+    assert got == [float(want["total"]), float(want["peak"]), want["y"][0], want["y"][-1]]
+
+
+def test_export_num_threads_is_checked(tmp_path):
+    f = sg.compile(sg.Variable("x", (3,), "float64") + 1)
+    for bad in (0, 2.0, True, 10**6):
+        with pytest.raises(ArgumentError, match="num_threads"):
+            f.export(tmp_path / "out", num_threads=bad)

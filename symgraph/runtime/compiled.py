@@ -640,11 +640,11 @@ class CompiledFunction:
 
         save(self, path)
 
-    def export(self, directory, name=None, cpu=None):
+    def export(self, directory, name=None, cpu=None, num_threads=1):
         """Write ``libNAME.so`` and ``NAME.h`` callable from C (see docs/deployment.md)."""
         from .export import export
 
-        return export(self, directory, name=name, cpu=cpu)
+        return export(self, directory, name=name, cpu=cpu, num_threads=num_threads)
 
     def __reduce__(self):
         # Pickles hold the saved-file bytes; unpickling recompiles (through the disk cache).

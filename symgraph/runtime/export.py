@@ -21,6 +21,7 @@ import numpy as np
 
 from ..codegen import cpu as cpu_target
 from ..codegen.kernel import lower_graph
+from ..codegen.threadpool import POOL_RUN, define_pool
 from ..errors import ArgumentError, CompileError, StorageError
 from ..infer import specialize_open
 from ..shapes import NotGeneric, Sym, derived_sizes
@@ -121,18 +122,28 @@ def c_compiler():
     return cc
 
 
-def export(f, directory, name=None, cpu=None):
-    """Write ``libNAME.so`` and ``NAME.h`` into `directory`; returns (library, header) paths."""
-    from .compiled import _math_impl
+def export(f, directory, name=None, cpu=None, num_threads=1):
+    """Write ``libNAME.so`` and ``NAME.h`` into `directory`; returns (library, header) paths.
+
+    With ``num_threads`` above 1, large loops split across that many threads, run by the
+    library's own copy of the native thread pool (codegen/threadpool.py), as compiled code
+    does in Python; results are bit for bit those of ``compile(..., num_threads=N)``."""
+    from .compiled import MAX_THREADS, _math_impl
 
     name = name or f.name
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name):
         raise ArgumentError(f"export name {name!r} must be a C identifier")
+    if not isinstance(num_threads, int) or isinstance(num_threads, bool) or \
+            not 1 <= num_threads <= MAX_THREADS:
+        raise ArgumentError(f"export: num_threads must be an integer from 1 to {MAX_THREADS}, "
+                            f"got {num_threads!r}")
     g, symbols = _final_graph(f)
     cpu_name, features, checks = _target(cpu)
     kernel = f"{name}__kernel"
     try:
-        module = lower_graph(g, kernel, _math_impl())
+        module = lower_graph(g, kernel, _math_impl(), num_threads=num_threads)
+        if POOL_RUN in module.globals:  # parallel loops: the library carries the pool
+            define_pool(module, linkage="internal")
         ir_text = str(module)
     except NotGeneric as exc:
         raise _needs_sizes(exc) from None
@@ -163,7 +174,7 @@ def export(f, directory, name=None, cpu=None):
     except OSError as exc:
         raise StorageError(f"export: cannot create the directory {directory}: "
                            f"{exc.strerror or exc}") from None
-    header = _header(name, ins, outs, cpu_name, sizes)
+    header = _header(name, ins, outs, cpu_name, sizes, num_threads)
     header_path = os.path.join(directory, f"{name}.h")
     lib_path = os.path.join(directory, f"lib{name}.so")
     cc = c_compiler()
@@ -181,7 +192,7 @@ def export(f, directory, name=None, cpu=None):
         tmp_lib = os.path.join(tmp, f"lib{name}.so")
         cmd = [cc, "-shared", "-fPIC", "-O2", "-std=c99", "-Wall", "-Werror", "-o", tmp_lib,
                os.path.join(tmp, f"{name}_shim.c"), os.path.join(tmp, f"{name}_kernel.o"),
-               "-lm", f"-Wl,--version-script={os.path.join(tmp, 'exports.map')}",
+               "-lm", "-pthread", f"-Wl,--version-script={os.path.join(tmp, 'exports.map')}",
                "-Wl,-z,noexecstack"]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -244,9 +255,13 @@ def _describe(shape):
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def _header(name, ins, outs, cpu_name, sizes=None):
+def _header(name, ins, outs, cpu_name, sizes=None, num_threads=1):
     up = name.upper()
     sizes = sizes or {}
+    threads_note = (" * Large loops run on the calling thread and on up to "
+                    f"{num_threads - 1} worker thread(s)\n"
+                    " * the library starts on first use and keeps asleep between calls.\n"
+                    if num_threads > 1 else " * All work runs on the calling thread.\n")
     size_note = (f" * After the counts come the open sizes ({', '.join(sizes.values())}): the\n"
                  " * shapes below are written in them, and every count must match.\n" if sizes
                  else " * This library has no open (polymorphic) sizes.\n")
@@ -264,6 +279,7 @@ def _header(name, ins, outs, cpu_name, sizes=None):
         f" * Compiled for CPU {cpu_name}; on a CPU without its features every call returns",
         f" * {up}_ERR_CPU.",
         size_note.rstrip("\n"),
+        threads_note.rstrip("\n"),
         " *",
         " * Inputs:",
     ]
