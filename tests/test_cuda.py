@@ -186,6 +186,21 @@ def test_gpu_shape_generic_code_matches_interpreter(name):
 
 
 @needs_gpu
+@pytest.mark.parametrize("name", [n for n in CASES if n.split("-")[0] in ("exp", "log", "tanh",
+                                                                         "sin", "pow")])
+def test_gpu_libdevice_math_matches_interpreter(name):
+    from test_ptx import LIBDEVICE
+
+    if LIBDEVICE is None:
+        pytest.skip("no CUDA toolkit libdevice*.bc found")
+    out, inputs = CASES[name]()
+    outs = _outputs(out)
+    f = sg.compile(outs, target="cuda", libdevice=True)
+    for expr, value in zip(outs, f(**inputs)):
+        _assert_matches(value, sg.evaluate(expr, **inputs))
+
+
+@needs_gpu
 def test_gpu_device_arrays_without_copies():
     cupy = pytest.importorskip("cupy")
     x = Variable("x", shape=(1000,), dtype="float32")

@@ -142,8 +142,10 @@ def _generate(names, out_dir, arch):
             log.write(name + "\n")
         try:
             _OPEN[:] = [True] if name.startswith("open:") else []
-            out, _ = CASES[name.removeprefix("open:")]()
-            f = sg.compile(_outputs(out), target="cuda", arch=arch, name="case")
+            case = name.removeprefix("open:").removeprefix("libdevice:")
+            out, _ = CASES[case]()
+            f = sg.compile(_outputs(out), target="cuda", arch=arch, name="case",
+                           libdevice=name.startswith("libdevice:") or None)
             with open(os.path.join(out_dir, name + ".ptx"), "w") as fh:
                 fh.write(f.ptx)
             with open(os.path.join(out_dir, name + ".symbols"), "w") as fh:
@@ -177,10 +179,25 @@ def generate_ptx(names, out_dir, arch="sm_75"):
 OPEN_CASES = [f"open:{name}" for name in CASES if name != "movement"]
 
 
+def _libdevice():
+    from symgraph.codegen.nvptx import find_libdevice
+
+    try:
+        return find_libdevice(True)
+    except sg.SymgraphError:
+        return None
+
+
+LIBDEVICE = _libdevice()
+# Math through the CUDA toolkit's libdevice (compile(..., libdevice=True)), where it is found.
+LIBDEVICE_CASES = [f"libdevice:{name}" for name in CASES
+                   if name.split("-")[0] in MATH + ["pow", "mlp"]] if LIBDEVICE else []
+
+
 @pytest.fixture(scope="module")
 def ptx_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ptx"))
-    generate_ptx(list(CASES) + OPEN_CASES, out)
+    generate_ptx(list(CASES) + OPEN_CASES + LIBDEVICE_CASES, out)
     return out
 
 
@@ -239,6 +256,29 @@ def test_open_sizes_give_ptx_at_compile_time(ptx_dir, name, tmp_path):
     assert ".entry" in ptx and ".extern" not in ptx
     if shutil.which("ptxas"):
         _assemble(os.path.join(ptx_dir, name + ".ptx"), "sm_80", str(tmp_path))
+
+
+@pytest.mark.skipif(LIBDEVICE is None, reason="no CUDA toolkit libdevice*.bc found")
+@pytest.mark.parametrize("name", LIBDEVICE_CASES or ["none"])
+def test_libdevice_math_links_in(ptx_dir, name, tmp_path):
+    """libdevice=True: math from the toolkit's bitcode, inlined; nothing left to link."""
+    from symgraph.codegen.nvptx import LIBDEVICE_FUNCTIONS
+
+    ptx = _read(ptx_dir, name)
+    assert ".entry" in ptx and ".extern" not in ptx
+    case = name.removeprefix("libdevice:")
+    if case.split("-")[0] in LIBDEVICE_FUNCTIONS:  # others keep symgraph's math library
+        assert ptx != _read(ptx_dir, case)
+    if shutil.which("ptxas"):
+        _assemble(os.path.join(ptx_dir, name + ".ptx"), "sm_80", str(tmp_path))
+
+
+def test_libdevice_option_errors(tmp_path):
+    x = Variable("x", (4,), "float32")
+    with pytest.raises(sg.SymgraphError, match="libdevice"):
+        sg.compile(sg.exp(x), target="cuda", libdevice=str(tmp_path / "missing.bc"))
+    with pytest.raises(sg.SymgraphError, match="target='cuda'"):
+        sg.compile(sg.exp(x), libdevice=True)
 
 
 def test_an_open_size_graph_that_needs_sizes_says_why():

@@ -151,6 +151,59 @@ def _safe_math(builder, name, *args):
     return emit_math(builder, name, *args)
 
 
+# Math functions the CUDA toolkit's libdevice provides as __nv_NAME (double) and __nv_NAMEf.
+LIBDEVICE_FUNCTIONS = frozenset({"exp", "exp2", "expm1", "log", "log2", "log10", "log1p",
+                                 "sin", "cos", "tan", "tanh", "sinh", "cosh", "atan", "asin",
+                                 "acos", "pow"})
+
+
+def _libdevice_math(builder, name, *args):
+    """A call to libdevice's version of `name` (linked in by lower_graph_ptx), or the math
+    library's for the functions libdevice lacks."""
+    if name not in LIBDEVICE_FUNCTIONS:
+        return _safe_math(builder, name, *args)
+    ty = args[0].type
+    symbol = f"__nv_{name}" + ("f" if isinstance(ty, ir.FloatType) else "")
+    fn = builder.module.globals.get(symbol) or ir.Function(
+        builder.module, ir.FunctionType(ty, [ty] * len(args)), symbol)
+    return builder.call(fn, list(args))
+
+
+def find_libdevice(path=None) -> str:
+    """The libdevice bitcode: `path` when given, else the newest libdevice*.bc under
+    $CUDA_HOME, $CUDA_PATH or /usr/local/cuda*; CompileError when there is none."""
+    import glob
+    import os
+
+    if path not in (None, True):
+        if not os.path.isfile(str(path)):
+            raise CompileError(f"libdevice: no file at {path}")
+        return str(path)
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    roots += sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for root in filter(None, roots):
+        found = sorted(glob.glob(os.path.join(root, "nvvm", "libdevice", "libdevice*.bc")))
+        if found:
+            return found[-1]
+    raise CompileError("libdevice=True, but no CUDA toolkit libdevice*.bc was found",
+                       hint="set CUDA_HOME, pass libdevice='/path/to/libdevice.10.bc', or leave "
+                            "libdevice off (the built-in math library needs no toolkit)")
+
+
+def _link_libdevice(mod, path: str) -> None:
+    """Link libdevice into `mod` and make its functions internal, so the optimizer inlines
+    the ones used and drops the rest. Its __nvvm_reflect queries stay declarations: LLVM's
+    NVVMReflect pass answers them (no flushing of subnormals to zero, as numpy; the
+    target's architecture)."""
+    with open(path, "rb") as fh:
+        lib = llvm.parse_bitcode(fh.read())
+    lib.triple, lib.data_layout = mod.triple, mod.data_layout
+    mod.link_in(lib)
+    for fn in mod.functions:
+        if not fn.is_declaration and fn.name.startswith("__nv"):
+            fn.linkage = "internal"
+
+
 class _Sreg:
     """Thread and block coordinates (x only) as i64 values."""
 
@@ -205,12 +258,13 @@ def _barrier(b):
 class NvptxLowering:
     """PTX kernels for the kernels of one typed, scheduled and planned graph."""
 
-    def __init__(self, g, name: str):
+    def __init__(self, g, name: str, libdevice: bool = False):
         self.g = g
         self.name = name
         self.module = ir.Module(name=name)
         self.module.triple = TRIPLE
-        self.cpu = GraphLowering(g, name, _safe_math, module=self.module)
+        self.cpu = GraphLowering(g, name, _libdevice_math if libdevice else _safe_math,
+                                 module=self.module)
         self.steps = []
         self.scratch = {}
         self.symbols = tuple(g.graph.get("symbols", ()))
@@ -572,10 +626,11 @@ class NvptxLowering:
 
 # --- checking and emission -------------------------------------------------------------------
 
-def check_module(module: ir.Module, g=None) -> None:
-    """Raise CompileError for any call the NVPTX backend cannot lower (it would abort)."""
+def check_module(module: ir.Module, g=None, allowed=()) -> None:
+    """Raise CompileError for any call the NVPTX backend cannot lower (it would abort);
+    `allowed` prefixes name functions that will be linked in (libdevice's)."""
     for fn in module.functions:
-        if not fn.is_declaration or fn.name.startswith(_SAFE_INTRINSICS):
+        if not fn.is_declaration or fn.name.startswith(_SAFE_INTRINSICS + tuple(allowed)):
             continue
         users = sorted({get_op(g.nodes[n]["op"]).name for n in g.nodes} & _op_names_for(fn.name)) \
             if g is not None else []
@@ -590,8 +645,10 @@ def _op_names_for(symbol: str) -> set:
     return {base, base.removesuffix("f")}
 
 
-def lower_graph_ptx(g, name: str, arch: str = DEFAULT_ARCH) -> GpuProgram:
-    """PTX and launch plan for a typed, scheduled and planned graph."""
+def lower_graph_ptx(g, name: str, arch: str = DEFAULT_ARCH, libdevice: str | None = None
+                    ) -> GpuProgram:
+    """PTX and launch plan for a typed, scheduled and planned graph; with `libdevice` (the
+    bitcode's path) math functions come from the CUDA toolkit's libdevice."""
     import sys
 
     from .cpu import optimize
@@ -602,12 +659,12 @@ def lower_graph_ptx(g, name: str, arch: str = DEFAULT_ARCH) -> GpuProgram:
     if needed > old:
         sys.setrecursionlimit(needed)
     try:
-        lowering = NvptxLowering(g, name)
+        lowering = NvptxLowering(g, name, libdevice=bool(libdevice))
         module = lowering.lower()
     finally:
         if needed > old:
             sys.setrecursionlimit(old)
-    check_module(module, g)
+    check_module(module, g, allowed=("__nv_",) if libdevice else ())
     tm = target_machine(arch)
     module.data_layout = str(tm.target_data)
     text = str(module)
@@ -616,6 +673,8 @@ def lower_graph_ptx(g, name: str, arch: str = DEFAULT_ARCH) -> GpuProgram:
         mod.verify()
     except RuntimeError as exc:
         raise CompileError(f"LLVM rejected the generated NVPTX module: {exc}") from None
+    if libdevice:
+        _link_libdevice(mod, libdevice)
     optimize(mod, tm, text, speed_level=3)
     _check_optimized(mod)
     ptx = tm.emit_assembly(mod)

@@ -978,7 +978,7 @@ def fast({params}{', ' if params else ''}*, out=None):
 
 
 def compile(*outputs, inputs=None, opt_level=2, disable=(), name="symgraph_main", verify=None,
-            num_threads=None, check_finite=False, target="cpu", arch=None):
+            num_threads=None, check_finite=False, target="cpu", arch=None, libdevice=None):
     """Compile expression(s) to native code.
 
     ``compile(y)`` returns a function giving one array; ``compile(x, y)`` a tuple,
@@ -988,6 +988,8 @@ def compile(*outputs, inputs=None, opt_level=2, disable=(), name="symgraph_main"
     ``num_threads`` native threads (default: every core), in a fixed, deterministic way.
     ``check_finite=True`` raises NonFiniteError naming the first node that turns finite
     inputs into NaN or inf (checked inside the fused native code, on one thread).
+    ``target="cuda"`` compiles PTX (``arch="sm_80"``; ``libdevice=True`` or a path takes
+    math functions from the CUDA toolkit's libdevice instead of symgraph's math library).
     """
     structure = OutputStructure.of(outputs)
     found = find_variables(structure.exprs)
@@ -1030,10 +1032,13 @@ def compile(*outputs, inputs=None, opt_level=2, disable=(), name="symgraph_main"
     if target == "cuda":  # PTX through LLVM's NVPTX backend; see docs/cuda.md
         from .cuda import CudaFunction
 
-        return CudaFunction(structure, variables, arch=arch, opt_level=opt_level,
-                            disable=disable, name=name, verify=verify, check_finite=check_finite)
+        return CudaFunction(structure, variables, arch=arch, libdevice=libdevice,
+                            opt_level=opt_level, disable=disable, name=name, verify=verify,
+                            check_finite=check_finite)
     if target != "cpu":
         raise ArgumentError(f"unknown target {target!r}; targets: 'cpu', 'cuda'")
+    if libdevice not in (None, False):
+        raise ArgumentError("libdevice= is an option of target='cuda'")
     with _gc_paused():
         return CompiledFunction(structure, variables, opt_level=opt_level, disable=disable,
                                 name=name, verify=verify, num_threads=num_threads,

@@ -17,7 +17,14 @@ import threading
 
 import numpy as np
 
-from ..codegen.nvptx import DEFAULT_ARCH, Copy, lower_graph_ptx, normalize_arch, size_for
+from ..codegen.nvptx import (
+    DEFAULT_ARCH,
+    Copy,
+    find_libdevice,
+    lower_graph_ptx,
+    normalize_arch,
+    size_for,
+)
 from ..errors import ArgumentError, CompileError, DTypeError, ExecutionError
 from ..infer import specialize
 from ..passes.memory import ALIGN
@@ -386,8 +393,10 @@ class CudaFunction(CompiledFunction):
 
     EPILOGUES = False  # the PTX lowering runs a product and its epilogue as two kernels
 
-    def __init__(self, structure, variables, *, arch=None, **options):
+    def __init__(self, structure, variables, *, arch=None, libdevice=None, **options):
         self.target = "cuda"
+        # The CUDA toolkit's math functions instead of symgraph's, when asked for.
+        self.libdevice = find_libdevice(libdevice) if libdevice not in (None, False) else None
         self.requested_arch = None if arch is None else normalize_arch(arch)
         self.arch = self.requested_arch or device_arch_quiet() or DEFAULT_ARCH
         if options.get("check_finite"):
@@ -416,7 +425,7 @@ class CudaFunction(CompiledFunction):
     def _build(self, types):
         g = specialize(self._template, dict(zip(self.inputs, types)))
         g, log, stages = self._optimize(g)
-        program = lower_graph_ptx(g, self.name, self.arch)
+        program = lower_graph_ptx(g, self.name, self.arch, self.libdevice)
         out_types = [(g.nodes[o]["shape"], g.nodes[o]["dtype"]) for o in g.graph["outputs"]]
         return CudaExecutable(g, log, program, out_types, stages)
 
@@ -425,7 +434,7 @@ class CudaFunction(CompiledFunction):
         the host evaluates the plan's grids and buffer sizes per call."""
         g, shapes, symbols = self._generic_graph(dtypes)
         g, log, stages = self._optimize(g)
-        program = lower_graph_ptx(g, self.name, self.arch)
+        program = lower_graph_ptx(g, self.name, self.arch, self.libdevice)
         layout = GenericExecutable.layout(g)
         exe = CudaExecutable(g, log, program, layout["out_types"], stages)
         return GenericExecutable(exe, shapes, symbols, layout)
