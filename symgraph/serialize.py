@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import re
 import os
 import struct
 import math
@@ -123,8 +124,10 @@ def _parts(f_or_exprs):
 
     if isinstance(f_or_exprs, CompiledFunction):
         f = f_or_exprs
-        return f.structure, f.variables, {"opt_level": f.opt_level, "disable": list(f.disable),
-                                          "name": f.name}
+        options = {"opt_level": f.opt_level, "disable": list(f.disable), "name": f.name}
+        if getattr(f, "target", "cpu") == "cuda":  # (the libdevice path is this machine's)
+            options.update(target="cuda", arch=f.requested_arch, libdevice=bool(f.libdevice))
+        return f.structure, f.variables, options
     structure = OutputStructure.of((f_or_exprs,))
     return structure, find_variables(structure.exprs), {"opt_level": 2, "disable": [],
                                                         "name": "symgraph_main"}
@@ -602,13 +605,22 @@ def _load(source):
     _require(isinstance(disable, list) and all(isinstance(d, str) and len(d) < 64 for d in disable),
              "bad disable option")
     _require(isinstance(name, str) and name.isidentifier() and len(name) <= 200, "bad name option")
+    target, arch = options.get("target", "cpu"), options.get("arch")
+    libdevice = options.get("libdevice", False)
+    _require(target in ("cpu", "cuda"), "bad target option")
+    _require(arch is None or (target == "cuda" and isinstance(arch, str)
+                              and re.fullmatch(r"sm_[0-9]{2,3}a?", arch)), "bad arch option")
+    _require(isinstance(libdevice, bool) and (target == "cuda" or not libdevice),
+             "bad libdevice option")
+    cuda = {"target": "cuda", "arch": arch, "libdevice": libdevice or None} \
+        if target == "cuda" else {}
 
     values = [exprs[o] for o in outs]
     packed = {"single": lambda: values[0], "tuple": lambda: tuple(values),
               "list": lambda: list(values), "dict": lambda: dict(zip(keys, values))}[kind]()
     try:
         return compile_(packed, inputs=[variables[n] for n in inputs], opt_level=opt_level,
-                        disable=tuple(disable), name=name)
+                        disable=tuple(disable), name=name, **cuda)
     except SerializationError:
         raise
     except SymgraphError as exc:

@@ -125,6 +125,15 @@ def test_save_expressions_directly_and_locations_kept(tmp_path):
     assert loaded_out.loc.file == y.loc.file and loaded_out.loc.line == y.loc.line
 
 
+def test_cuda_functions_keep_their_target(tmp_path):
+    """A function compiled for target='cuda' loads as one (same arch, same PTX)."""
+    x = sg.Variable("x", (None, 3), "float32")
+    f = sg.compile(sg.tanh(x).sum(axis=1), target="cuda", arch="sm_90")
+    f.save(tmp_path / "f.sg")
+    g = sg.load(tmp_path / "f.sg")
+    assert g.target == "cuda" and g.arch == "sm_90" and g.ptx == f.ptx
+
+
 def test_pickle_round_trip():
     x = sg.Variable("x", (4,), "float64")
     f = sg.compile({"y": sg.tanh(x) * 3, "z": x.sum()}, name="pickled")
@@ -222,6 +231,12 @@ def _mutations():
         doc_case(f"format {fmt!r}", lambda d, f=fmt: d.__setitem__("format", f))
     for key in ["nodes", "inputs", "structure", "options", "format"]:
         doc_case(f"missing {key}", lambda d, k=key: d.pop(k))
+    # target options: only the known targets, architecture names and flags
+    for key, value in [("target", "tpu"), ("target", None), ("target", ["cuda"]),
+                       ("arch", "sm_80; rm -rf /"), ("arch", 80), ("arch", "sm_80"),
+                       ("libdevice", "yes"), ("libdevice", True)]:
+        doc_case(f"option {key}={value!r}",
+                 lambda d, k=key, v=value: d["options"].__setitem__(k, v))
     # unknown ops: nothing named by the file is imported or evaluated
     for op in ["__import__", "os.system", "eval", "exec", "builtins.open", "subprocess.run",
                "numpy.load", "", "ADD", "cond", "while", "item", "pickle.loads", "lambda"]:
