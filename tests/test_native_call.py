@@ -226,3 +226,46 @@ def test_the_signature_names_the_inputs():
 
     f = compile(_model())
     assert str(inspect.signature(f)) == "(a, b, *, out=None)"
+
+
+@pytest.mark.parametrize("structure", ["tuple", "list", "dict", "dict-int-keys", "repeated"])
+def test_every_output_structure_is_served_natively(structure):
+    x = Variable("x", (5,), "float64")
+    n = Variable("n", (5,), "int32")
+    outs = [x * 2.0, n + 1, (x * n).sum()]
+    built = {"tuple": tuple(outs), "list": outs, "dict": dict(zip("abc", outs)),
+             "dict-int-keys": dict(zip((7, 8, 9), outs)), "repeated": (outs[0], outs[0], x, outs[1])}
+    f = compile(built[structure])
+    assert f._native is not None
+    data = {"x": np.arange(5.0), "n": np.arange(5, dtype=np.int32)}
+    want = evaluate(built[structure], **data)
+    gc.collect()
+    before = [sys.getrefcount(v) for v in data.values()]
+    for _ in range(300):
+        got = f(**data)
+    assert type(got) is type(want) and f._native.hits == 300
+    pairs = zip(got.values(), want.values()) if isinstance(want, dict) else zip(got, want)
+    if isinstance(want, dict):
+        assert list(got) == list(want)
+    for g, w in pairs:
+        np.testing.assert_array_equal(g, w)
+        assert g.dtype == w.dtype and g.flags.owndata
+    if structure == "repeated":
+        assert not np.shares_memory(got[0], got[1]) and not np.shares_memory(got[2], data["x"])
+    gc.collect()
+    assert [sys.getrefcount(v) for v in data.values()] == before
+
+
+def test_the_same_graph_with_other_structures_gets_its_own_code(tmp_path, monkeypatch):
+    """The entry packs outputs per structure, so the disk cache keeps them apart (a dict
+    function once found a list function's cached entry and crashed)."""
+    monkeypatch.setenv("SYMGRAPH_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("SYMGRAPH_CACHE", raising=False)
+    x = Variable("x", (4,), "float64")
+    outs = [x + 1.0, x * 2.0]
+    data = np.arange(4.0)
+    for built in (outs, tuple(outs), dict(zip("pq", outs)), list(outs)):
+        got = compile(built)(x=data)
+        assert type(got) is type(built)
+        values = list(got.values()) if isinstance(got, dict) else list(got)
+        np.testing.assert_array_equal(values[1], data * 2.0)

@@ -905,7 +905,8 @@ def fast({params}{', ' if params else ''}*, out=None):
             if symbol and native_call.ENABLED and self._native is None and \
                     key == _contiguous_key(types):
                 self._native = NativeCall(exe.library, symbol, self.inputs, types,
-                                          exe.out_types[0], self._dispatch, self.name)
+                                          exe.out_types, self._dispatch, self.name,
+                                          self.structure.kind, self.structure.keys)
                 self._entry = self._native.function
             return exe
 
@@ -914,9 +915,10 @@ def fast({params}{', ' if params else ''}*, out=None):
         g = specialize(self._template, signature)
         _check_call_memory(g)
         n_args = len(self.inputs) + len(g.graph["outputs"])
-        # The native entry's code reads object fields at probed offsets: part of the key.
+        # The native entry's code reads object fields at probed offsets and packs the
+        # outputs as the structure says: both are part of the key.
         options = (self.opt_level, self.disable, tuple(self.passes), self.num_threads,
-                   native_call.LAYOUT_KEY)
+                   native_call.LAYOUT_KEY, self.structure.kind)
         # check_finite code reports node numbers assigned while lowering: always lower it.
         key = None if self.check_finite or DUMP_DIR else persistent_cache.key_for(
             g, self.name, options)
@@ -929,8 +931,9 @@ def fast({params}{', ' if params else ''}*, out=None):
         module, wrapper, check_sites = self._lower(g)
         out_types = [(g.nodes[o]["shape"], g.nodes[o]["dtype"]) for o in g.graph["outputs"]]
         native = None
-        if self.structure.kind == "single" and not self.check_finite:
-            native = add_native_entry(module, self.name, types, len(out_types))
+        if not self.check_finite:
+            native = add_native_entry(module, self.name, types, len(out_types),
+                                      self.structure.kind)
         meta = {"workspace_bytes": int(g.graph.get("workspace_bytes", 0)),
                 "out_types": [[list(s), d.str] for s, d in out_types], "native": native}
         library = _code_library(module, self.name, key, meta)

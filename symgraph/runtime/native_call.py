@@ -5,8 +5,9 @@ the specialization, and ctypes converting arguments (about 1 us of a 4 us MLP fo
 This module generates, next to each specialization's kernels, a CPython ``METH_FASTCALL |
 METH_KEYWORDS`` function that does that work in native code for the common case: exactly the
 declared inputs, positionally or by name, each a C-contiguous, aligned ``numpy.ndarray``
-of the specialization's dtype and shape. It allocates the output through ``numpy.empty``,
-releases the GIL around the kernels and returns the array. Anything else (other shapes,
+of the specialization's dtype and shape. It allocates the outputs through ``numpy.empty``,
+releases the GIL around the kernels and returns them in the function's output structure
+(an array, or a tuple, list or dict of them). Anything else (other shapes,
 ``out=``, lists, a failing status) goes to the Python dispatcher unchanged, which checks,
 reports errors and, for a failed status, runs the call again to raise the right error.
 
@@ -69,21 +70,26 @@ LAYOUT = _probe_layout()
 ENABLED = LAYOUT is not None and os.environ.get("SYMGRAPH_NATIVE_CALL", "1") != "0"
 LAYOUT_KEY = tuple(sorted(LAYOUT.items())) if ENABLED else None
 
-# Words of the context array, then two per input (dtype, interned name) and two per output
-# (shape tuple, dtype: the arguments of numpy.empty).
+# Words of the context array, then two per input (dtype, interned name) and three per
+# output (shape tuple and dtype, the arguments of numpy.empty; its dict key, or 0).
 (_FALLBACK, _NDARRAY, _VECTORCALL, _SAVE_THREAD, _RESTORE_THREAD, _DECREF, _HITS, _EMPTY,
- _COMPARE) = range(9)
-_HEADER_WORDS = 9
+ _COMPARE, _NEW, _SET_ITEM) = range(11)
+_HEADER_WORDS = 11
+# How outputs are returned: the C-API constructor and setter of each structure.
+_PACKERS = {"tuple": ("PyTuple_New", "PyTuple_SetItem"), "list": ("PyList_New", "PyList_SetItem"),
+            "dict": ("PyDict_New", "PyDict_SetItem")}
 
 
 def entry_name(name: str) -> str:
     return f"{name}.vectorcall"
 
 
-def add_native_entry(module: ir.Module, name: str, in_types, n_out: int) -> str | None:
+def add_native_entry(module: ir.Module, name: str, in_types, n_out: int, kind: str = "single"
+                     ) -> str | None:
     """Add the native call entry for inputs of the given C-contiguous [(shape, dtype)] and
-    `n_out` outputs, around the kernel entry `name`; returns its symbol (None when disabled)."""
-    if not ENABLED or n_out != 1:
+    `n_out` outputs returned as `kind` ("single", "tuple", "list" or "dict", as compile()'s
+    output structures), around the kernel entry `name`; returns its symbol (None when off)."""
+    if not ENABLED or (kind == "single") != (n_out == 1):
         return None
     inner = module.get_global(name)
     fn = ir.Function(module, ir.FunctionType(PTR, [PTR, PTR, I64, PTR]), entry_name(name))
@@ -183,34 +189,65 @@ def add_native_entry(module: ir.Module, name: str, in_types, n_out: int) -> str 
                 require(b.icmp_unsigned("==", item(dims, d, I64), c(size)))
                 require(b.icmp_unsigned("==", item(strides, d, I64), c(stride)))
         data.append(field(a, LAYOUT["data"]))
-    # The output, from numpy.empty(shape, dtype) (a vectorcall on two context words).
+    # The outputs, from numpy.empty(shape, dtype) (a vectorcall on two context words each).
     vectorcall_ty = ir.FunctionType(PTR, [PTR, PTR, I64, PTR])
-    vectorcall = item(ctx, _VECTORCALL, I64)
-    out_args = b.gep(ctx, [c(_HEADER_WORDS + 2 * n_in)], source_etype=I64)
-    out = call_pointer(b, vectorcall, vectorcall_ty,
-                       [b.inttoptr(item(ctx, _EMPTY, I64), PTR), out_args, c(2),
-                        ir.Constant(PTR, None)])
-    failed_alloc = fn.append_basic_block("no_output")
-    allocated = fn.append_basic_block("output")
-    b.cbranch(b.icmp_unsigned("==", out, ir.Constant(PTR, None)), failed_alloc, allocated)
-    b.position_at_end(failed_alloc)
-    b.ret(ir.Constant(PTR, None))  # numpy set the exception (MemoryError)
-    b.position_at_end(allocated)
+    void_of_ptr = ir.FunctionType(ir.VoidType(), [PTR])
+
+    def release(objects):
+        for obj in objects:
+            call_pointer(b, item(ctx, _DECREF, I64), void_of_ptr, [obj])
+
+    outs = []
+    for j in range(n_out):
+        out_args = b.gep(ctx, [c(_HEADER_WORDS + 2 * n_in + 3 * j)], source_etype=I64)
+        out = call_pointer(b, item(ctx, _VECTORCALL, I64), vectorcall_ty,
+                           [b.inttoptr(item(ctx, _EMPTY, I64), PTR), out_args, c(2),
+                            ir.Constant(PTR, None)])
+        failed_alloc = fn.append_basic_block("no_output")
+        allocated = fn.append_basic_block("output")
+        b.cbranch(b.icmp_unsigned("==", out, ir.Constant(PTR, None)), failed_alloc, allocated)
+        b.position_at_end(failed_alloc)
+        release(outs)
+        b.ret(ir.Constant(PTR, None))  # numpy set the exception (MemoryError)
+        b.position_at_end(allocated)
+        outs.append(out)
     # The kernels run without the GIL, as a ctypes call would.
     state = call_pointer(b, item(ctx, _SAVE_THREAD, I64), ir.FunctionType(PTR, []), [])
-    status = b.call(inner, data + [field(out, LAYOUT["data"]), ir.Constant(PTR, None)])
-    call_pointer(b, item(ctx, _RESTORE_THREAD, I64), ir.FunctionType(ir.VoidType(), [PTR]),
-                 [state])
+    status = b.call(inner, data + [field(o, LAYOUT["data"]) for o in outs]
+                    + [ir.Constant(PTR, None)])
+    call_pointer(b, item(ctx, _RESTORE_THREAD, I64), void_of_ptr, [state])
     ok = fn.append_basic_block("done")
     bad = fn.append_basic_block("failed")
     b.cbranch(b.icmp_unsigned("==", status, ir.Constant(I32, 0)), ok, bad)
+    b.position_at_end(bad)  # the dispatcher runs the call again and raises its error
+    release(outs)
+    b.branch(fallback_bb)
     b.position_at_end(ok)
     hits = b.gep(ctx, [c(_HITS)], source_etype=I64)
     b.store(b.add(b.load(hits, typ=I64), c(1)), hits)
-    b.ret(out)
-    b.position_at_end(bad)  # the dispatcher runs the call again and raises its error
-    call_pointer(b, item(ctx, _DECREF, I64), ir.FunctionType(ir.VoidType(), [PTR]), [out])
-    b.branch(fallback_bb)
+    if kind == "single":
+        b.ret(outs[0])
+    else:
+        # tuple and list setters take over the reference; the dict one adds its own.
+        packed = call_pointer(b, item(ctx, _NEW, I64), ir.FunctionType(PTR, [I64]),
+                              [c(0 if kind == "dict" else n_out)])
+        no_pack = fn.append_basic_block("no_container")
+        packing = fn.append_basic_block("container")
+        b.cbranch(b.icmp_unsigned("==", packed, ir.Constant(PTR, None)), no_pack, packing)
+        b.position_at_end(no_pack)
+        release(outs)
+        b.ret(ir.Constant(PTR, None))
+        b.position_at_end(packing)
+        for j, out in enumerate(outs):
+            if kind == "dict":
+                key = b.inttoptr(item(ctx, _HEADER_WORDS + 2 * n_in + 3 * j + 2, I64), PTR)
+                call_pointer(b, item(ctx, _SET_ITEM, I64), ir.FunctionType(I32, [PTR, PTR, PTR]),
+                             [packed, key, out])
+                release([out])
+            else:
+                call_pointer(b, item(ctx, _SET_ITEM, I64), ir.FunctionType(I32, [PTR, I64, PTR]),
+                             [packed, c(j), out])
+        b.ret(packed)
     # Anything unusual: the Python dispatcher, with the call exactly as it came.
     b.position_at_end(fallback_bb)
     b.ret(call_pointer(b, item(ctx, _VECTORCALL, I64), vectorcall_ty,
@@ -239,22 +276,27 @@ _new_function.argtypes = [ctypes.c_void_p, ctypes.py_object, ctypes.c_void_p]
 class NativeCall:
     """The callable for one specialization's native entry, and its hit count."""
 
-    def __init__(self, library, symbol, names, in_types, out_type, fallback, label):
+    def __init__(self, library, symbol, names, in_types, out_types, fallback, label,
+                 kind="single", keys=None):
         descrs = [np.dtype(d) for _, d in in_types]
         interned = [sys.intern(n) for n in names]
-        out_shape, out_dtype = tuple(int(n) for n in out_type[0]), np.dtype(out_type[1])
+        outs = [(tuple(int(n) for n in shape), np.dtype(dtype)) for shape, dtype in out_types]
+        keys = list(keys) if keys is not None else [None] * len(outs)
+        new, set_item = _PACKERS.get(kind, (None, None))
         words = [id(fallback), id(np.ndarray), _address("PyObject_Vectorcall"),
                  _address("PyEval_SaveThread"), _address("PyEval_RestoreThread"),
-                 _address("Py_DecRef"), 0, id(np.empty), _address("PyUnicode_Compare")]
+                 _address("Py_DecRef"), 0, id(np.empty), _address("PyUnicode_Compare"),
+                 _address(new) if new else 0, _address(set_item) if set_item else 0]
         for descr, name in zip(descrs, interned):
             words += [id(descr), id(name)]
-        words += [id(out_shape), id(out_dtype)]
+        for (shape, dtype), key in zip(outs, keys):
+            words += [id(shape), id(dtype), id(key) if key is not None else 0]
         context = np.array(words, dtype=np.int64).view(_Context)
         name = label.encode()
         method = _PyMethodDef(name, library.address(symbol), METH_FASTCALL_KEYWORDS, None)
         # Everything the code points at lives as long as the context, which the function
         # object holds as its `self`: the code, the fallback, the dtypes, names and shape.
-        context.keep = (library, fallback, descrs, interned, out_shape, out_dtype, name, method)
+        context.keep = (library, fallback, descrs, interned, outs, keys, name, method)
         self.context = context
         self.function = _new_function(ctypes.addressof(method), context, None)
 
