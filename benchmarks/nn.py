@@ -10,6 +10,8 @@ import os
 
 import numpy as np
 
+import peers
+from elementwise import TANH
 from harness import fmt_ratio, fmt_time, measure_interleaved, optional, table
 
 import symgraph as sg
@@ -213,26 +215,27 @@ def _scaling(rng, quick):
     if CORES < 2:
         return []
     n = 10**6 if quick else 10**7
-    a, b, c = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
-    A, B, C = sg.Variable("a"), sg.Variable("b"), sg.Variable("c")
-    expr = sg.tanh(A * B + C) * sg.exp(-A) + sg.sqrt(abs(B)) - 0.5 * C
+    arrays = {k: rng.standard_normal(n).astype(np.float32) for k in "abc"}
     m = 512 if quick else 1024
     x, y = (rng.standard_normal((m, m)).astype(np.float32) for _ in range(2))
     img = rng.standard_normal((2 if quick else 8, 64, 56, 56)).astype(np.float32)
     ker = (rng.standard_normal((64, 64, 3, 3)) * 0.05).astype(np.float32)
     out_array = np.empty(n, np.float32)  # out=: the loop itself, not the kernel zeroing
-    cases = [(f"tanh/exp expression {n:.0e} f32 out=", expr, (a, b, c)),
-             (f"sgemm {m}^3", sg.Variable("a") @ sg.Variable("b"), (x, y)),
-             (f"conv2d {img.shape} 64x3x3",
-              sg.conv2d(sg.Variable("x"), sg.Variable("w"), padding=1), (img, ker))]
+    matmul = sg.Variable("a") @ sg.Variable("b")
+    conv = sg.conv2d(sg.Variable("x"), sg.Variable("w"), padding=1)
+    cases = [(f"tanh/exp expression {n:.0e} f32 out=",
+              lambda t: peers.symgraph_fn(TANH, arrays, num_threads=t),
+              tuple(arrays.values()), {"out": out_array}),
+             (f"sgemm {m}^3", lambda t: sg.compile(matmul, num_threads=t), (x, y), {}),
+             (f"conv2d {img.shape} 64x3x3", lambda t: sg.compile(conv, num_threads=t),
+              (img, ker), {})]
     out = []
-    for case, graph, args in cases:
+    for case, build, args, kwargs in cases:
         fns = {}
         for threads in (1, 2):
-            f = sg.compile(graph, num_threads=threads)
-            kwargs = {"out": out_array} if graph is expr else {}
+            f = build(threads)
             f(*args, **kwargs)
-            fns[threads] = (lambda f=f, kwargs=kwargs: f(*args, **kwargs))
+            fns[threads] = (lambda f=f: f(*args, **kwargs))
         timing = measure_interleaved(fns, repeat=5 if quick else 9)
         out.append((case, timing[1].median, timing[2].median))
     return out

@@ -30,13 +30,13 @@ def installed() -> dict:
             "torch": torch is not None}
 
 
-def symgraph_fn(expr, arrays):
+def symgraph_fn(expr, arrays, num_threads=None):
     """A compiled function of the expression; Variables declared, so compile happens here."""
     env = {f: getattr(sg, f) for f in FUNCS}
     variables = {k: sg.Variable(k, shape=v.shape, dtype=v.dtype) for k, v in arrays.items()}
     env.update(variables)
-    f = sg.compile(eval(expr, env), inputs=list(variables.values()))  # noqa: S307
-    return f
+    return sg.compile(eval(expr, env), inputs=list(variables.values()),  # noqa: S307
+                      num_threads=num_threads)
 
 
 def numpy_fresh(expr, arrays):

@@ -31,6 +31,13 @@ def memory_type(dtype) -> ir.Type:
     return I8 if dtype.kind == "b" else register_type(dtype)
 
 
+def declare(module: ir.Module, name: str, ret: ir.Type, args) -> ir.Function:
+    """The module's function `name`, declared with this signature if it is not there yet
+    (libc and runtime functions the generated code calls)."""
+    found = module.globals.get(name)
+    return found or ir.Function(module, ir.FunctionType(ret, list(args)), name)
+
+
 def call_pointer(b: ir.IRBuilder, pointer, fnty: ir.FunctionType, args):
     """Call through a function pointer (a `ptr` value, or an integer address). The pointer
     is cast to a typed pointer only because llvmlite reads the signature from it; LLVM

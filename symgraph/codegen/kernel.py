@@ -24,7 +24,7 @@ from ..infer import compute_dtype, node_typing
 from ..ops import get_op
 from ..ops.control import ERR_MAX_ITERS, control_layout
 from ..ops.indexing import ERR_INDEX_OUT_OF_RANGE
-from .emit import I8, I32, I64, PTR, Emitter, memory_type, register_type
+from .emit import I8, I32, I64, PTR, Emitter, declare, memory_type, register_type
 from .gemm import GEMM_MIN_ROWS, GEMM_MIN_WORK, align_pointer, emit_matmul, folded_rows, uses_gemm
 from ..shapes import NotGeneric, Sym
 from .loops import bind_sizes, emit_loop, emit_nest, size_value
@@ -401,8 +401,7 @@ class GraphLowering:
         b.position_at_end(done_bb)
 
     def _libc(self, name, ret, args):
-        fn = self.module.globals.get(name)
-        return fn or ir.Function(self.module, ir.FunctionType(ret, args), name)
+        return declare(self.module, name, ret, args)
 
     def _global_constant(self, n):
         value = self.g.nodes[n]["attrs"]["value"]
@@ -538,10 +537,11 @@ class GraphLowering:
             b.call(exact, list(fn.args))
 
     def _parallel_plan(self, root, members):
-        """(extent, mode, guards, align) when the kernel's outermost loop is worth splitting
-        across threads (chunk bounds are multiples of `align`). With symbolic sizes the choice is made for a large size (TYPICAL_SIZE), and
-        `guards`, pairs (size, minimum), let the code run the chunks on one thread when a
-        call's sizes are too small to pay for threads."""
+        """(extent, mode, guards, align, chunks per thread) when the kernel's outermost loop
+        is worth splitting across threads (chunk bounds are multiples of `align`). With
+        symbolic sizes the choice is made for a large size (TYPICAL_SIZE), and `guards`,
+        pairs (size, minimum), let the code run the chunks on one thread when a call's sizes
+        are too small to pay for threads."""
         g = self.g
         d = g.nodes[root]
         kind = get_op(d["op"]).kind
@@ -632,22 +632,13 @@ class GraphLowering:
         if mode == "partials":
             partials = b.alloca(acc_type, size=ir.Constant(I64, chunks), name="chunk_partials")
             b.store(b.ptrtoint(partials, I64), word(n_fixed + 2))
-        pool_run = declare_pool_run(self.module)
-
-        def spawn():
-            b.call(pool_run, [claim, job, ir.Constant(I64, threads)])
-
-        if guards:
+        participants = ir.Constant(I64, threads)
+        if guards:  # sizes too small for threads: the pool runs every chunk on this one
             small = ir.Constant(ir.IntType(1), 0)
             for size, minimum in guards:
                 small = b.or_(small, b.icmp_signed("<", size_value(b, size), ir.Constant(I64, minimum)))
-            with b.if_else(small) as (one_thread, many):
-                with one_thread:
-                    b.call(claim, [job])
-                with many:
-                    spawn()
-        else:
-            spawn()
+            participants = b.select(small, ir.Constant(I64, 1), participants)
+        b.call(declare_pool_run(self.module), [claim, job, participants])
         if mode == "partials":
             kernel = _KernelBody(self, b, set(), {root: fn.args[0]}, status_arg)
             kernel.finish_partials(root, [
@@ -669,7 +660,6 @@ class GraphLowering:
         def word(i):
             return b.load(b.gep(job, [ir.Constant(I64, i)], source_etype=I64), typ=I64)
 
-        params = range_fn.function_type.args
         fixed = [b.inttoptr(word(i), PTR) for i in range(n_fixed)]
         extent = word(n_fixed)
         counter = b.gep(job, [ir.Constant(I64, n_fixed + 1)], source_etype=I64)
@@ -693,7 +683,6 @@ class GraphLowering:
         args = fixed + [bound(c), bound(b.add(c, ir.Constant(I64, 1)))]
         if partials is not None:
             args.append(b.gep(partials, [c], source_etype=acc_type))
-        assert len(args) == len(params)
         b.call(range_fn, args)
         b.branch(loop)
         b.position_at_end(done)

@@ -28,8 +28,7 @@ from llvmlite import ir
 from ..errors import CompileError
 from ..infer import compute_dtype, node_typing
 from ..ops import get_op
-from .emit import I32, I64, PTR, memory_type, register_type
-from ..shapes import Sym
+from .emit import I32, I64, PTR, declare, memory_type, register_type
 from ..shapes import evaluate as evaluate_size
 from .kernel import GraphLowering, _Flat, _KernelBody, _typical, broadcast_index
 from .loops import bind_sizes, emit_loop, size_value
@@ -164,9 +163,7 @@ def _libdevice_math(builder, name, *args):
         return _safe_math(builder, name, *args)
     ty = args[0].type
     symbol = f"__nv_{name}" + ("f" if isinstance(ty, ir.FloatType) else "")
-    fn = builder.module.globals.get(symbol) or ir.Function(
-        builder.module, ir.FunctionType(ty, [ty] * len(args)), symbol)
-    return builder.call(fn, list(args))
+    return builder.call(declare(builder.module, symbol, ty, [ty] * len(args)), list(args))
 
 
 def find_libdevice(path=None) -> str:
@@ -222,20 +219,13 @@ def _static_size(size):
     return size if isinstance(size, int) else None
 
 
-def _value(b, size):
-    """An i64 value for an int, a Sym (read from the kernel's sizes) or an i64 value."""
-    if isinstance(size, int):
-        return ir.Constant(I64, size)
-    return size_value(b, size) if isinstance(size, Sym) else size
-
-
 def _ceil_div(b, size, d):
-    return b.udiv(b.add(_value(b, size), ir.Constant(I64, d - 1)), ir.Constant(I64, d))
+    return b.udiv(b.add(size_value(b, size), ir.Constant(I64, d - 1)), ir.Constant(I64, d))
 
 
 def _stride_loop(b, start, step, end, body, name):
     """``for i in range(start, end, step): body(i)`` with i64 values (end: int, Sym or i64)."""
-    end = _value(b, end)
+    end = size_value(b, end)
     pre = b.block
     loop_bb = b.append_basic_block(f"{name}.loop")
     exit_bb = b.append_basic_block(f"{name}.exit")
@@ -524,7 +514,7 @@ class NvptxLowering:
         tiles_n = _ceil_div(b, n, TILE)
         tile_grid = b.mul(_ceil_div(b, m, TILE), tiles_n)  # tiles per matrix of the batch
         k_tiles = _ceil_div(b, kk, TILE)
-        m_v, n_v, kk_v = _value(b, m), _value(b, n), _value(b, kk)
+        m_v, n_v, kk_v = size_value(b, m), size_value(b, n), size_value(b, kk)
         s = _Sreg(b)
         ty_, tx_ = b.udiv(s.tid, ir.Constant(I64, TILE)), b.urem(s.tid, ir.Constant(I64, TILE))
         a_tile, b_tile = self._shared(fn, dtype, TILE * TILE), self._shared(fn, dtype, TILE * TILE)
@@ -582,7 +572,7 @@ class NvptxLowering:
                 em.store(dtype, b.load(acc_slot, typ=acc_ty), body.pointers[root],
                          em.linearize(bidx + [row, col], out2))
 
-        _stride_loop(b, s.ctaid, s.nctaid, b.mul(_value(b, math.prod(batch)), tile_grid),
+        _stride_loop(b, s.ctaid, s.nctaid, b.mul(size_value(b, math.prod(batch)), tile_grid),
                      per_tile, "tile")
         self._finish(b)
 

@@ -1,9 +1,9 @@
 """The native thread pool that parallel kernels run on: LLVM IR over pthreads, no Python.
 
 Starting a thread per parallel loop and joining it cost about 35 us on a 2-core VM, more
-than many loops take. Here worker threads start on first use and then sleep on a condition
-variable between jobs (they never spin); a job wakes them, and waking a sleeping worker and
-hearing back costs about 10 us.
+than many loops take. Here worker threads start on first use and then sleep on a semaphore
+between jobs (they never spin); a job posts one token per helper, and waking a sleeping
+worker and hearing back costs about 6-14 us there.
 
 ``symgraph_pool_run(fn, arg, threads)`` runs ``fn(arg)`` on the calling thread and on
 ``threads - 1`` workers at once and returns when all have returned. Kernels pass their
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from .emit import I32, I64, PTR, call_pointer
+from .emit import I32, I64, PTR, call_pointer, declare
 from .loops import emit_loop
 
 POOL_RUN = "symgraph_pool_run"
@@ -30,10 +30,7 @@ _VOID = ir.VoidType()
 
 def declare_pool_run(module: ir.Module) -> ir.Function:
     """``void symgraph_pool_run(void (*fn)(void *), void *arg, int64 threads)``."""
-    found = module.globals.get(POOL_RUN)
-    if found is not None:
-        return found
-    return ir.Function(module, ir.FunctionType(_VOID, [PTR, PTR, I64]), POOL_RUN)
+    return declare(module, POOL_RUN, _VOID, [PTR, PTR, I64])
 
 
 def define_pool(module: ir.Module, linkage: str = "internal") -> None:
@@ -60,18 +57,14 @@ def define_pool(module: ir.Module, linkage: str = "internal") -> None:
     job_fn = state("fn", PTR, ir.Constant(PTR, None))
     job_arg = state("arg", PTR, ir.Constant(PTR, None))
 
-    def libc(name, ret, args):
-        fn = module.globals.get(name)
-        return fn or ir.Function(module, ir.FunctionType(ret, args), name)
-
-    trylock = libc("pthread_mutex_trylock", I32, [PTR])
-    unlock = libc("pthread_mutex_unlock", I32, [PTR])
-    sem_init = libc("sem_init", I32, [PTR, I32, I32])
-    sem_wait = libc("sem_wait", I32, [PTR])
-    sem_post = libc("sem_post", I32, [PTR])
-    create = libc("pthread_create", I32, [PTR, PTR, PTR, PTR])
-    detach = libc("pthread_detach", I32, [I64])
-    getpid = libc("getpid", I32, [])
+    trylock = declare(module, "pthread_mutex_trylock", I32, [PTR])
+    unlock = declare(module, "pthread_mutex_unlock", I32, [PTR])
+    sem_init = declare(module, "sem_init", I32, [PTR, I32, I32])
+    sem_wait = declare(module, "sem_wait", I32, [PTR])
+    sem_post = declare(module, "sem_post", I32, [PTR])
+    create = declare(module, "pthread_create", I32, [PTR, PTR, PTR, PTR])
+    detach = declare(module, "pthread_detach", I32, [I64])
+    getpid = declare(module, "getpid", I32, [])
     job_ty = ir.FunctionType(_VOID, [PTR])
     one = ir.Constant(I64, 1)
     zero = ir.Constant(I64, 0)

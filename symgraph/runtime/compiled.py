@@ -347,6 +347,14 @@ class _CachedExecutable(Executable):
 
 MAX_THREADS = 1024  # num_threads above this is a mistake, not a machine
 
+
+def check_num_threads(num_threads, where=""):
+    """An ArgumentError unless `num_threads` is an int from 1 to MAX_THREADS (not a bool)."""
+    if not isinstance(num_threads, int) or isinstance(num_threads, bool) or \
+            not 1 <= num_threads <= MAX_THREADS:
+        raise ArgumentError(f"{where}num_threads must be an integer from 1 to {MAX_THREADS}, "
+                            f"got {num_threads!r}")
+
 # Modules this large are split and their parts compiled in parallel (runtime/worker.py).
 SPLIT_MIN_INSTRUCTIONS = 4_000
 # Graphs this large start compile workers before their passes run, so that the workers are
@@ -1021,10 +1029,8 @@ def compile(*outputs, inputs=None, opt_level=2, disable=(), name="symgraph_main"
     if not isinstance(opt_level, int) or isinstance(opt_level, bool) or not 0 <= opt_level <= 3:
         # (a saved file records it, and the loader accepts 0-3)
         raise ArgumentError(f"opt_level must be 0, 1, 2 or 3, got {opt_level!r}")
-    if num_threads is not None and (not isinstance(num_threads, int) or isinstance(
-            num_threads, bool) or not 1 <= num_threads <= MAX_THREADS):
-        raise ArgumentError(f"num_threads must be an integer from 1 to {MAX_THREADS}, got "
-                            f"{num_threads!r}")
+    if num_threads is not None:
+        check_num_threads(num_threads)
     # A saved file or an exported library carries the name: the loader accepts identifiers.
     if not isinstance(name, str) or not name.isidentifier() or len(name) > 200:
         raise ArgumentError(f"name must be a Python identifier of at most 200 characters, "

@@ -201,10 +201,8 @@ class _DeviceInput:
             capsule = value.__dlpack__(stream=1)  # 1: CUDA's legacy default stream, ours
         except TypeError:
             capsule = value.__dlpack__()
-        get = ctypes.pythonapi.PyCapsule_GetPointer
-        get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
         try:
-            tensor = _DLTensor.from_address(get(capsule, b"dltensor"))
+            tensor = _DLTensor.from_address(_capsule_pointer(capsule, b"dltensor"))
         except ValueError:
             raise ArgumentError(f"input {name!r}: __dlpack__ gave no usable DLPack capsule") \
                 from None
@@ -238,6 +236,9 @@ class _DLTensor(ctypes.Structure):
                 ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
 
 
+_capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+_capsule_pointer.restype = ctypes.c_void_p
+_capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
 _DLPACK_CUDA = (2, 13)  # kDLCUDA, kDLCUDAManaged
 _DLPACK_DTYPES = {(0, 32, 1): np.dtype(np.int32), (0, 64, 1): np.dtype(np.int64),
                   (2, 32, 1): np.dtype(np.float32), (2, 64, 1): np.dtype(np.float64),
@@ -304,7 +305,6 @@ class _DeviceState:
         g = exe.graph
         program = exe.program
         self.driver = driver
-        self.values = values
         self.functions = exe.functions
         self.workspace = driver.alloc(size_for(exe.workspace_bytes, values))
         self.status = driver.alloc(4)
@@ -340,6 +340,12 @@ class _DeviceState:
                 if program.symbols:  # regions of generic plans start ALIGN-aligned, as on the CPU
                     offset = -(-offset // ALIGN) * ALIGN
                 self.where.setdefault(n, ("ws", offset))
+        # The plan at these sizes, evaluated once: (Copy, bytes) and (Launch, grid) pairs;
+        # a launch with no work at these sizes (an open size of 0) is left out.
+        self.plan = [(step, size_for(step.nbytes, values)) if isinstance(step, Copy)
+                     else (step, step.grid_for(values)) for step in program.steps]
+        self.plan = [(step, size) for step, size in self.plan
+                     if isinstance(step, Copy) or size]
         # Staging buffers for numpy inputs and outputs, reused by every call.
         self.staged_in = [driver.alloc(_nbytes(t)) for t in in_types]
         self.staged_out = [driver.alloc(_nbytes(t)) for t in out_types]
@@ -365,18 +371,15 @@ class _DeviceState:
             return self.consts[where]
         return self.workspace + where
 
-    def run(self, program, ins, outs):
+    def run(self, ins, outs):
         driver = self.driver
         driver.check(driver.cu.cuMemsetD32(driver.cu.CUdeviceptr(self.status), 0, 1),
                      "cuMemsetD32")
-        for step in program.steps:
+        for step, size in self.plan:
             if isinstance(step, Copy):
-                driver.copy(outs[step.output], self.pointer(step.source, ins, outs),
-                            size_for(step.nbytes, self.values))
-                continue
-            grid = step.grid_for(self.values)
-            if grid:  # (an open size that is 0 this call: nothing to do)
-                driver.launch(self.functions[step.kernel], grid, step.block,
+                driver.copy(outs[step.output], self.pointer(step.source, ins, outs), size)
+            else:
+                driver.launch(self.functions[step.kernel], size, step.block,
                               [self.pointer(r, ins, outs) for r in step.params])
         status = np.zeros(1, np.int32)
         driver.to_host(status, self.status)  # synchronizes with the default stream
@@ -478,7 +481,7 @@ class CudaFunction(CompiledFunction):
                 outs = [driver.alloc(_nbytes(t)) for t in out_types]
             else:
                 outs = state.staged_out
-            status = state.run(exe.program, ins, outs)
+            status = state.run(ins, outs)
             if status:
                 _fail(status, exe)
             if device_out:

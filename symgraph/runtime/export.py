@@ -128,15 +128,12 @@ def export(f, directory, name=None, cpu=None, num_threads=1):
     With ``num_threads`` above 1, large loops split across that many threads, run by the
     library's own copy of the native thread pool (codegen/threadpool.py), as compiled code
     does in Python; results are bit for bit those of ``compile(..., num_threads=N)``."""
-    from .compiled import MAX_THREADS, _math_impl
+    from .compiled import _math_impl, check_num_threads
 
     name = name or f.name
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name):
         raise ArgumentError(f"export name {name!r} must be a C identifier")
-    if not isinstance(num_threads, int) or isinstance(num_threads, bool) or \
-            not 1 <= num_threads <= MAX_THREADS:
-        raise ArgumentError(f"export: num_threads must be an integer from 1 to {MAX_THREADS}, "
-                            f"got {num_threads!r}")
+    check_num_threads(num_threads, "export: ")
     g, symbols = _final_graph(f)
     cpu_name, features, checks = _target(cpu)
     kernel = f"{name}__kernel"
