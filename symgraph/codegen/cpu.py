@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import platform
 import threading
 
 import llvmlite.binding as llvm
@@ -35,6 +36,11 @@ def target_machine(cpu: str | None = None, features: str | None = None, opt: int
     target = llvm.Target.from_triple(llvm.get_process_triple())
     return target.create_target_machine(cpu=cpu, features=features, opt=opt, reloc="pic",
                                         codemodel="default")
+
+
+def host_is_x86() -> bool:
+    """Whether this process runs on x86 (exports and JIT code target the host's architecture)."""
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 
 @functools.lru_cache(maxsize=None)

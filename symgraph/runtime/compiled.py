@@ -26,7 +26,7 @@ import numpy as np
 from llvmlite import ir
 
 from .. import dtypes as dt
-from ..codegen.cpu import host_vector_bytes, ir_size
+from ..codegen.cpu import host_is_x86, host_vector_bytes, ir_size
 from ..codegen.split import split_module
 from ..codegen.emit import I32, I64, PTR
 from ..codegen.kernel import ERR_NO_MEMORY, ERR_NONFINITE_BASE, lower_graph
@@ -961,7 +961,7 @@ def fast({params}{', ' if params else ''}*, out=None):
         check_sites = []
         module = lower_graph(g, self.name, _math_impl(), num_threads=self.num_threads,
                              check_finite=self.check_finite, check_sites=check_sites,
-                             vector_bytes=host_vector_bytes())
+                             vector_bytes=host_vector_bytes(), streaming_stores=host_is_x86())
         workspace_at = len(g.graph["inputs"]) + len(g.graph["outputs"])
         return module, _add_python_entry(module, self.name, workspace_at), check_sites
 

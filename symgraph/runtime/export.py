@@ -10,7 +10,6 @@ header and in docs/deployment.md.
 from __future__ import annotations
 
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -53,13 +52,9 @@ STATUS = [  # (macro suffix, message); the first three come from the kernel itse
 ]
 
 
-def _is_x86():
-    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
-
-
 def baseline_cpu():
     """The CPU exported code targets unless asked otherwise."""
-    return "x86-64-v3" if _is_x86() else "generic"
+    return "x86-64-v3" if cpu_target.host_is_x86() else "generic"
 
 
 def _target(cpu):
@@ -70,7 +65,7 @@ def _target(cpu):
     if cpu in ("native", "host"):
         name = llvm.get_host_cpu_name()
         features = llvm.get_host_cpu_features()
-        wanted = [f for f in X86_CHECKABLE if features.get(f)] if _is_x86() else []
+        wanted = [f for f in X86_CHECKABLE if features.get(f)] if cpu_target.host_is_x86() else []
         return name, features.flatten(), wanted
     if not isinstance(cpu, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", cpu):
         raise ArgumentError(f"cpu must be 'native', 'baseline' or an LLVM CPU name, got {cpu!r}")
@@ -138,7 +133,8 @@ def export(f, directory, name=None, cpu=None, num_threads=1):
     cpu_name, features, checks = _target(cpu)
     kernel = f"{name}__kernel"
     try:
-        module = lower_graph(g, kernel, _math_impl(), num_threads=num_threads)
+        module = lower_graph(g, kernel, _math_impl(), num_threads=num_threads,
+                             streaming_stores=cpu_target.host_is_x86())
         if POOL_RUN in module.globals:  # parallel loops: the library carries the pool
             define_pool(module, linkage="internal")
         ir_text = str(module)
