@@ -11,7 +11,8 @@ from symgraph.codegen import cpu, kernel
 
 SMALL = 1 << 12  # bytes: the threshold these tests use, so small arrays take the path
 
-needs_x86 = pytest.mark.skipif(not cpu.host_is_x86(), reason="streaming stores are emitted on x86 only")
+needs_x86 = pytest.mark.skipif(not cpu.host_is_x86(),
+                               reason="streaming stores are emitted on x86 only")
 
 
 @pytest.fixture(autouse=True)
