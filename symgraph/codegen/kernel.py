@@ -983,14 +983,15 @@ class _KernelBody:
         emit_loop(b, peel, body, start=lo, vector_width=width)
         start = b.add(lo, peel)
         emit_loop(b, b.sub(hi, start), lambda i: body(i, streamed=True), start=start,
-                  vector_width=width or 64 // size)
+                  vector_width=width)
         b.call(declare(b.module, "llvm.x86.sse.sfence", ir.VoidType(), []), [])
 
     def _stream_store(self, root, value, i):
         """A non-temporal store of output element i. Its alignment is declared as 64 bytes,
         which the vectorized loop's stores have (the loop starts on a 64-byte boundary and
         steps by whole vectors); LLVM vectorizes non-temporal stores only when so told, and
-        a scalar remainder store has no alignment requirement on x86."""
+        a scalar remainder store has no alignment requirement on x86. The loop gets no
+        forced width: where LLVM cannot vectorize it, a forced width prints a remark."""
         b = self.b
         mem = memory_type(self.g.nodes[root]["dtype"])
         store = b.store(value, b.gep(self.pointers[root], [i], source_etype=mem, inbounds=True),
