@@ -95,6 +95,18 @@ def test_streamed_chunks_on_threads(monkeypatch, num_threads):
         np.testing.assert_array_equal(f(data), data * 3 + 1)
 
 
+@needs_x86
+def test_intermediates_are_not_streamed():
+    """A large intermediate that the next kernel reads stays in the cache."""
+    x, w = Variable("x", (64, 64), "float64"), Variable("w", (64, 8), "float64")
+    f = compile((sg.exp(x) + 1) @ w)
+    assert "movnt" not in f.asm
+    xs, ws = np.linspace(-1, 1, 64 * 64).reshape(64, 64), np.linspace(0, 1, 64 * 8).reshape(64, 8)
+    np.testing.assert_allclose(f(xs, ws), (np.exp(xs) + 1) @ ws, rtol=1e-12)
+    g = compile(sg.exp(x) + 1)  # the same loop as a result does stream
+    assert "movnt" in g.asm
+
+
 def test_several_outputs_are_not_streamed():
     """Only single-output loops stream (one prologue aligns one pointer); two outputs fused
     into one loop keep plain stores and stay correct."""
