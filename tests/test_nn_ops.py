@@ -258,7 +258,10 @@ def test_direct_and_gemm_conv_paths_agree_bit_for_bit(monkeypatch):
 @pytest.mark.parametrize("channels,attrs", [
     (40, {"padding": 1}),  # K = 360: the second K block starts inside a channel
     (32, {"padding": 2, "dilation": 2}),  # K = 288, dilated, same width
-    (30, {"padding": (1, 0), "stride": (1, 1)}),  # narrower output: the column-wise packer
+    (30, {"padding": (1, 0), "stride": (1, 1)}),  # narrower output: row segments
+    (24, {"padding": 1, "stride": 2}),  # strided: segments of every other element
+    (16, {"padding": (0, 1), "stride": (2, 3)}),  # 13 columns a row: 4 segments a sliver
+    (12, {"stride": 4}),  # 9 columns a row: too many segments, the element-wise packer
 ])
 def test_packed_im2col_across_k_blocks_matches_the_direct_loop(monkeypatch, channels, attrs):
     """The GEMM packs im2col rows a channel at a time, in K blocks that need not start at a

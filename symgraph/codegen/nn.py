@@ -13,10 +13,12 @@ import numpy as np
 from llvmlite import ir
 
 from ..ops import get_op
-from .emit import I32, I64, PTR, memory_type
+from .emit import I32, I64, PTR, declare, memory_type
 from .gemm import dense_loader, gemm_function
 from .loops import emit_loop, emit_nest
 
+MAX_SEGMENTS = 4  # strided slivers touching more output rows than this pack element-wise
+MAX_SEGMENT_STRIDE = 4
 DIRECT_MAX_GROUP_CHANNELS = 4  # fewer output channels per group use the direct loop
 
 
@@ -27,8 +29,11 @@ def _c(v):
 class Im2colLoader:
     """The implicit im2col matrix of one image's channel group: row kk is (channel, ky, kx),
     column j is (oy, ox); reads outside the image are zero. It packs whole NR-column slivers
-    for the GEMM: each column's window origin is tabulated first, so the per-element work
-    is two adds, one bounds check and a load (no divisions)."""
+    for the GEMM, from a table of the columns' window origins, in the cheapest of three ways:
+    one masked vector load a row when the columns sit at consecutive input addresses
+    (stride-1 "same" convolutions); a masked load and a shuffle per output row the sliver
+    touches when they are strided or narrowed; element by element otherwise (mixed dtypes,
+    outputs so narrow that a sliver spans many rows)."""
 
     def __init__(self, x_dtype, dtype, h, w, kh, kw, stride, padding, dilation, ow):
         self.x_dtype, self.dtype = np.dtype(x_dtype), np.dtype(dtype)
@@ -59,7 +64,7 @@ class Im2colLoader:
 
     def setup(self, em, nr):
         self.table = em.b.alloca(I64, size=_c(2 * nr), name="im2col_origins")
-        self.lanes = em.b.alloca(I32, size=_c(2 * nr), name="im2col_lanes")
+        self.lanes = em.b.alloca(I32, size=_c(3 * nr), name="im2col_lanes")
 
     def pack_sliver(self, em, base, dst, k0, kc, j0, n, nr):
         b = em.b
@@ -89,6 +94,9 @@ class Im2colLoader:
             b.store(x0, slot(b.add(r, _c(nr))))
             b.store(b.trunc(b.select(valid, y0, _c(-(1 << 30))), I32), lane(r))
             b.store(b.trunc(x0, I32), lane(b.add(r, _c(nr))))
+            # the output row of column r, counted from the sliver's first (lanes past n: -1)
+            row = b.sub(b.udiv(b.select(valid, j, j0), _c(self.ow)), b.udiv(j0, _c(self.ow)))
+            b.store(b.trunc(b.select(valid, row, _c(-1)), I32), lane(b.add(r, _c(2 * nr))))
             follows = b.icmp_signed("==", b.add(b.mul(y0, _c(self.w)), x0), b.add(first, r))
             ok = b.or_(b.not_(valid), follows)
             b.store(b.and_(b.load(contiguous, typ=ir.IntType(1)), ok), contiguous)
@@ -119,8 +127,7 @@ class Im2colLoader:
         vty, ity = ir.VectorType(ty, nr), ir.VectorType(I32, nr)
         mty = ir.VectorType(ir.IntType(1), nr)
         suffix = f"v{nr}f{8 * self.dtype.itemsize}"
-        masked_load = b.module.globals.get(f"llvm.masked.load.{suffix}.p0") or ir.Function(
-            b.module, ir.FunctionType(vty, [PTR, I32, mty, vty]), f"llvm.masked.load.{suffix}.p0")
+        masked_load = declare(b.module, f"llvm.masked.load.{suffix}.p0", vty, [PTR, I32, mty, vty])
         ys = b.load(lanes, typ=ity, align=4)
         xs = b.load(b.gep(lanes, [_c(nr)], source_etype=I32), typ=ity, align=4)
 
@@ -129,22 +136,25 @@ class Im2colLoader:
                 b.insert_element(ir.Constant(ity, ir.Undefined), value, ir.Constant(I32, 0)),
                 ir.Constant(ity, ir.Undefined), ir.Constant(ity, [0] * nr))
 
-        def vector_rows():
-            # Channel by channel, with the KH*KW taps unrolled: each tap's lane mask and
-            # address offset are the same for every channel, so they are computed once per
-            # sliver, and a row costs one masked load and one store. Rows outside
+        taps = [(ky, kx) for ky in range(self.kh) for kx in range(self.kw)]
+        tap_offsets = [ky * self.dilation[0] * self.w + kx * self.dilation[1] for ky, kx in taps]
+        masks = []
+        for ky, kx in taps:
+            iy = b.add(ys, splat(ky * self.dilation[0]))
+            ix = b.add(xs, splat(kx * self.dilation[1]))
+            masks.append(b.and_(b.icmp_unsigned("<", iy, splat(self.h)),
+                                b.icmp_unsigned("<", ix, splat(self.w))))
+        zero = ir.Constant(vty, [0.0] * nr)
+        align = ir.Constant(I32, self.dtype.itemsize)
+
+        def vector_rows(row_values, prefetch=False):
+            # Channel by channel, with the KH*KW taps unrolled: each tap's lane masks and
+            # offsets are the same for every channel, so they are computed once per sliver,
+            # and a row costs a few masked vector loads and one store. Rows outside
             # [k0, k0 + kc) (a K block can start or end inside a channel) are skipped.
-            taps = [(ky, kx) for ky in range(self.kh) for kx in range(self.kw)]
-            masks = []
-            for ky, kx in taps:
-                iy = b.add(ys, splat(ky * self.dilation[0]))
-                ix = b.add(xs, splat(kx * self.dilation[1]))
-                masks.append(b.and_(b.icmp_unsigned("<", iy, splat(self.h)),
-                                    b.icmp_unsigned("<", ix, splat(self.w))))
             per = len(taps)
             c_lo = b.udiv(k0, _c(per))
             c_hi = b.udiv(b.add(k0, b.sub(kc, _c(1))), _c(per))
-
             # The next sliver's input lines, fetched while this one is packed and its tiles
             # computed: a K block reads C/groups x KH rows of input at once, more streams
             # than the hardware prefetchers follow (one thread's conv2d ran ~7% faster).
@@ -153,31 +163,70 @@ class Im2colLoader:
 
             def channel(ci):
                 c = b.add(c_lo, ci)
-                chan = b.add(b.mul(c, _c(self.h * self.w)), first)
+                plane = b.add(b.mul(c, _c(self.h * self.w)), first)
                 row0 = b.sub(b.mul(c, _c(per)), k0)
-                for ky in range(self.kh):
-                    ahead = b.add(chan, _c(ky * self.dilation[0] * self.w + nr))
+                for ky in range(self.kh if prefetch else 0):
+                    ahead = b.add(plane, _c(ky * self.dilation[0] * self.w + nr))
                     for offset in span:
                         em.prefetch(b.gep(base, [b.add(ahead, _c(offset))], source_etype=ty))
-                for t, (ky, kx) in enumerate(taps):
+                for t in range(per):
                     o = b.add(row0, _c(t))
                     with b.if_then(b.icmp_unsigned("<", o, kc)):
-                        at = b.add(chan, _c(ky * self.dilation[0] * self.w
-                                            + kx * self.dilation[1]))
-                        src = b.gep(base, [at], source_etype=ty)  # lanes outside: not read
-                        values = b.call(masked_load, [src, ir.Constant(I32, self.dtype.itemsize),
-                                                      masks[t], ir.Constant(vty, [0.0] * nr)])
-                        b.store(values, b.gep(dst, [b.mul(o, _c(nr))], source_etype=ty,
-                                              inbounds=True), align=self.dtype.itemsize)
+                        b.store(row_values(plane, t), b.gep(dst, [b.mul(o, _c(nr))],
+                                                            source_etype=ty, inbounds=True),
+                                align=self.dtype.itemsize)
 
             emit_loop(b, b.add(b.sub(c_hi, c_lo), _c(1)), channel, "vchan")
 
-        with b.if_else(b.load(contiguous, typ=ir.IntType(1))) as (fast, slow):
-            with fast:
-                vector_rows()
-            with slow:
-                scalar_rows()
+        def contiguous_row(plane, t):
+            src = b.gep(base, [b.add(plane, _c(tap_offsets[t]))], source_etype=ty)
+            return b.call(masked_load, [src, align, masks[t], zero])  # lanes outside: unread
 
+        sh, sw = self.stride
+        segments = (nr - 1) // self.ow + 2  # output rows that nr consecutive columns touch
+        if segments > MAX_SEGMENTS or sw > MAX_SEGMENT_STRIDE:
+            with b.if_else(b.load(contiguous, typ=ir.IntType(1))) as (fast, slow):
+                with fast:
+                    vector_rows(contiguous_row, prefetch=True)
+                with slow:
+                    scalar_rows()
+            return
+
+        # Strided or narrowed columns: the lanes of one output row read every sw-th element
+        # from a row base that moves by (sh*W - OW*sw) per output row, so a sliver is a few
+        # segments, each one masked load of sw*NR elements and a shuffle picking every sw-th.
+        wide = sw * nr
+        wty = ir.VectorType(ty, wide)
+        wmty = ir.VectorType(ir.IntType(1), wide)
+        wsuffix = f"v{wide}f{8 * self.dtype.itemsize}"
+        wide_load = declare(b.module, f"llvm.masked.load.{wsuffix}.p0", wty,
+                            [PTR, I32, wmty, wty])
+        wide_zero = ir.Constant(wty, [0.0] * wide)
+        segment = b.load(b.gep(lanes, [_c(2 * nr)], source_etype=I32), typ=ity, align=4)
+        jump = sh * self.w - self.ow * sw
+        every = ir.Constant(ir.VectorType(I32, wide), [e // sw for e in range(wide)])
+        on_stride = ir.Constant(wmty, [e % sw == 0 for e in range(wide)])
+        pick = ir.Constant(ity, [r * sw for r in range(nr)])
+        lane_masks = [[b.and_(b.icmp_signed("==", segment, splat(q)), masks[t])
+                       for t in range(len(taps))] for q in range(segments)]
+        wide_masks = [[b.and_(b.shuffle_vector(m, m, every), on_stride) for m in row]
+                      for row in lane_masks]
+
+        def segmented_row(plane, t):
+            acc = zero
+            for q in range(segments):
+                src = b.gep(base, [b.add(plane, _c(q * jump + tap_offsets[t]))],
+                            source_etype=ty)
+                block = b.call(wide_load, [src, align, wide_masks[q][t], wide_zero])
+                picked = block if sw == 1 else b.shuffle_vector(block, block, pick)
+                acc = b.select(lane_masks[q][t], picked, acc)
+            return acc
+
+        with b.if_else(b.load(contiguous, typ=ir.IntType(1))) as (fast, strided):
+            with fast:
+                vector_rows(contiguous_row, prefetch=True)
+            with strided:
+                vector_rows(segmented_row)
 
 def lower_conv(kernel, root):
     """Kernel body of a conv2d node: one implicit GEMM per (image, group)."""
