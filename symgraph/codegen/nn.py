@@ -184,49 +184,49 @@ class Im2colLoader:
 
         sh, sw = self.stride
         segments = (nr - 1) // self.ow + 2  # output rows that nr consecutive columns touch
-        if segments > MAX_SEGMENTS or sw > MAX_SEGMENT_STRIDE:
-            with b.if_else(b.load(contiguous, typ=ir.IntType(1))) as (fast, slow):
-                with fast:
-                    vector_rows(contiguous_row, prefetch=True)
-                with slow:
-                    scalar_rows()
-            return
 
-        # Strided or narrowed columns: the lanes of one output row read every sw-th element
-        # from a row base that moves by (sh*W - OW*sw) per output row, so a sliver is a few
-        # segments, each one masked load of sw*NR elements and a shuffle picking every sw-th.
-        wide = sw * nr
-        wty = ir.VectorType(ty, wide)
-        wmty = ir.VectorType(ir.IntType(1), wide)
-        wsuffix = f"v{wide}f{8 * self.dtype.itemsize}"
-        wide_load = declare(b.module, f"llvm.masked.load.{wsuffix}.p0", wty,
-                            [PTR, I32, wmty, wty])
-        wide_zero = ir.Constant(wty, [0.0] * wide)
-        segment = b.load(b.gep(lanes, [_c(2 * nr)], source_etype=I32), typ=ity, align=4)
-        jump = sh * self.w - self.ow * sw
-        every = ir.Constant(ir.VectorType(I32, wide), [e // sw for e in range(wide)])
-        on_stride = ir.Constant(wmty, [e % sw == 0 for e in range(wide)])
-        pick = ir.Constant(ity, [r * sw for r in range(nr)])
-        lane_masks = [[b.and_(b.icmp_signed("==", segment, splat(q)), masks[t])
-                       for t in range(len(taps))] for q in range(segments)]
-        wide_masks = [[b.and_(b.shuffle_vector(m, m, every), on_stride) for m in row]
-                      for row in lane_masks]
+        def segmented_rows():
+            # Strided or narrowed columns: the lanes of one output row read every sw-th
+            # element from a row base that moves by (sh*W - OW*sw) per output row, so a
+            # sliver is a few segments, each one masked load of sw*NR elements and a shuffle
+            # picking every sw-th element.
+            wide = sw * nr
+            wty, wmty = ir.VectorType(ty, wide), ir.VectorType(ir.IntType(1), wide)
+            wide_load = declare(b.module, f"llvm.masked.load.v{wide}f{8 * self.dtype.itemsize}.p0",
+                                wty, [PTR, I32, wmty, wty])
+            wide_zero = ir.Constant(wty, [0.0] * wide)
+            segment = b.load(b.gep(lanes, [_c(2 * nr)], source_etype=I32), typ=ity, align=4)
+            jump = sh * self.w - self.ow * sw
+            every = ir.Constant(ir.VectorType(I32, wide), [e // sw for e in range(wide)])
+            on_stride = ir.Constant(wmty, [e % sw == 0 for e in range(wide)])
+            pick = ir.Constant(ity, [r * sw for r in range(nr)])
+            lane_masks = [[b.and_(b.icmp_signed("==", segment, splat(q)), mask) for mask in masks]
+                          for q in range(segments)]
+            wide_masks = [[b.and_(b.shuffle_vector(m, m, every), on_stride) for m in row]
+                          for row in lane_masks]
 
-        def segmented_row(plane, t):
-            acc = zero
-            for q in range(segments):
-                src = b.gep(base, [b.add(plane, _c(q * jump + tap_offsets[t]))],
-                            source_etype=ty)
-                block = b.call(wide_load, [src, align, wide_masks[q][t], wide_zero])
-                picked = block if sw == 1 else b.shuffle_vector(block, block, pick)
-                acc = b.select(lane_masks[q][t], picked, acc)
-            return acc
+            def segmented_row(plane, t):
+                acc = zero
+                for q in range(segments):
+                    src = b.gep(base, [b.add(plane, _c(q * jump + tap_offsets[t]))],
+                                source_etype=ty)
+                    block = b.call(wide_load, [src, align, wide_masks[q][t], wide_zero])
+                    picked = block if sw == 1 else b.shuffle_vector(block, block, pick)
+                    acc = b.select(lane_masks[q][t], picked, acc)
+                return acc
 
-        with b.if_else(b.load(contiguous, typ=ir.IntType(1))) as (fast, strided):
+            vector_rows(segmented_row)
+
+        few_segments = segments <= MAX_SEGMENTS and sw <= MAX_SEGMENT_STRIDE
+        with b.if_else(b.load(contiguous, typ=ir.IntType(1))) as (fast, other):
             with fast:
                 vector_rows(contiguous_row, prefetch=True)
-            with strided:
-                vector_rows(segmented_row)
+            with other:
+                if few_segments:
+                    segmented_rows()
+                else:
+                    scalar_rows()
+
 
 def lower_conv(kernel, root):
     """Kernel body of a conv2d node: one implicit GEMM per (image, group)."""
