@@ -940,7 +940,7 @@ def fast({params}{', ' if params else ''}*, out=None):
         out_types = [(g.nodes[o]["shape"], g.nodes[o]["dtype"]) for o in g.graph["outputs"]]
         native = None
         if not self.check_finite:
-            native = add_native_entry(module, self.name, types, len(out_types),
+            native = add_native_entry(module, self.name, types, out_types,
                                       self.structure.kind)
         meta = {"workspace_bytes": int(g.graph.get("workspace_bytes", 0)),
                 "out_types": [[list(s), d.str] for s, d in out_types], "native": native}

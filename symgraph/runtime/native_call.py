@@ -5,10 +5,12 @@ the specialization, and ctypes converting arguments (about 1 us of a 4 us MLP fo
 This module generates, next to each specialization's kernels, a CPython ``METH_FASTCALL |
 METH_KEYWORDS`` function that does that work in native code for the common case: exactly the
 declared inputs, positionally or by name, each a C-contiguous, aligned ``numpy.ndarray``
-of the specialization's dtype and shape. It allocates the outputs through ``numpy.empty``,
-releases the GIL around the kernels and returns them in the function's output structure
-(an array, or a tuple, list or dict of them). Anything else (other shapes,
-``out=``, lists, a failing status) goes to the Python dispatcher unchanged, which checks,
+of the specialization's dtype and shape. It allocates the outputs through ``numpy.empty``
+(or, for a single output, takes the caller's ``out=`` array when it has the output's exact
+type, shape and C layout, is writeable and overlaps no input), releases the GIL around the
+kernels and returns the outputs in the function's output structure (an array, or a tuple,
+list or dict of them). Anything else (other shapes, an ``out=`` that needs checking or a
+temporary, lists, a failing status) goes to the Python dispatcher unchanged, which checks,
 reports errors and, for a failed status, runs the call again to raise the right error.
 
 The code reads CPython and numpy object fields at offsets probed at import (`LAYOUT`);
@@ -31,6 +33,7 @@ from ..shapes import contiguous_strides
 
 METH_FASTCALL_KEYWORDS = 0x0080 | 0x0002
 NPY_ARRAY_ALIGNED = 0x0100
+NPY_ARRAY_WRITEABLE = 0x0400
 
 
 def _probe_layout():
@@ -73,22 +76,27 @@ LAYOUT_KEY = tuple(sorted(LAYOUT.items())) if ENABLED else None
 # Words of the context array, then two per input (dtype, interned name) and three per
 # output (shape tuple and dtype, the arguments of numpy.empty; its dict key, or 0).
 (_FALLBACK, _NDARRAY, _VECTORCALL, _SAVE_THREAD, _RESTORE_THREAD, _DECREF, _HITS, _EMPTY,
- _COMPARE, _NEW, _SET_ITEM) = range(11)
-_HEADER_WORDS = 11
+ _COMPARE, _NEW, _SET_ITEM, _OUT_NAME, _NONE, _INCREF) = range(14)
+_HEADER_WORDS = 14
 # How outputs are returned: the C-API constructor and setter of each structure.
 _PACKERS = {"tuple": ("PyTuple_New", "PyTuple_SetItem"), "list": ("PyList_New", "PyList_SetItem"),
             "dict": ("PyDict_New", "PyDict_SetItem")}
+
+
+OUT_NAME = sys.intern("out")
 
 
 def entry_name(name: str) -> str:
     return f"{name}.vectorcall"
 
 
-def add_native_entry(module: ir.Module, name: str, in_types, n_out: int, kind: str = "single"
+def add_native_entry(module: ir.Module, name: str, in_types, out_types, kind: str = "single"
                      ) -> str | None:
-    """Add the native call entry for inputs of the given C-contiguous [(shape, dtype)] and
-    `n_out` outputs returned as `kind` ("single", "tuple", "list" or "dict", as compile()'s
-    output structures), around the kernel entry `name`; returns its symbol (None when off)."""
+    """Add the native call entry for inputs and outputs of the given C-contiguous
+    [(shape, dtype)], the outputs returned as `kind` ("single", "tuple", "list" or "dict",
+    as compile()'s output structures), around the kernel entry `name`; returns its symbol
+    (None when off)."""
+    n_out = len(out_types)
     if not ENABLED or (kind == "single") != (n_out == 1):
         return None
     inner = module.get_global(name)
@@ -112,23 +120,25 @@ def add_native_entry(module: ir.Module, name: str, in_types, n_out: int, kind: s
 
     ctx = field(self_obj, LAYOUT["data"])
     n_in = len(in_types)
+    takes_out = kind == "single"  # out= for one output: the caller's array, when it fits
     # Bind: positional arguments first, then keywords, matched to the interned names by
-    # identity, else by text.
+    # identity, else by text. A keyword `out` fills one more slot, after the inputs.
     require(b.icmp_signed("<=", nargs, c(n_in)))
     n_kw_slot = b.alloca(I64, name="n_kw")
     b.store(c(0), n_kw_slot)
     with b.if_then(b.icmp_unsigned("!=", kwnames, ir.Constant(PTR, None))):
         b.store(field(kwnames, LAYOUT["tuple_size"], I64), n_kw_slot)
     n_kw = b.load(n_kw_slot, typ=I64)
-    require(b.icmp_signed("==", b.add(nargs, n_kw), c(n_in)))
+    require(b.icmp_signed("<=", b.add(nargs, n_kw), c(n_in + takes_out)))
     slots = []
-    for i in range(n_in):
+    for i in range(n_in + takes_out):
         slot = b.alloca(PTR, name=f"arg{i}")
         positional = b.icmp_signed("<", c(i), nargs)
         b.store(b.select(positional, item(args, b.select(positional, c(i), c(0))),
                          ir.Constant(PTR, None)), slot)
         slots.append(slot)
-    if n_in:
+    names = [_HEADER_WORDS + 2 * i + 1 for i in range(n_in)] + [_OUT_NAME] * takes_out
+    if slots:
         kw_loop = fn.append_basic_block("keywords")
         kw_next = fn.append_basic_block("keywords.next")
         kw_done = fn.append_basic_block("keywords.done")
@@ -145,7 +155,7 @@ def add_native_entry(module: ir.Module, name: str, in_types, n_out: int, kind: s
         def match(same):
             """Put `value` in the first empty slot whose name `same(i)` says is the key."""
             matched = ir.Constant(ir.IntType(1), 0)
-            for i in range(n_in):
+            for i in range(len(slots)):
                 current = b.load(slots[i], typ=PTR)
                 take = b.and_(same(i), b.icmp_unsigned("==", current, ir.Constant(PTR, None)))
                 b.store(b.select(take, value, current), slots[i])
@@ -153,14 +163,14 @@ def add_native_entry(module: ir.Module, name: str, in_types, n_out: int, kind: s
             return matched
 
         by_text = fn.append_basic_block("keywords.by_text")
-        b.cbranch(match(lambda i: b.icmp_unsigned(
-            "==", key, item(ctx, _HEADER_WORDS + 2 * i + 1, I64))), kw_next, by_text)
+        b.cbranch(match(lambda i: b.icmp_unsigned("==", key, item(ctx, names[i], I64))),
+                  kw_next, by_text)
         # A name that is not the interned string (built at run time, say): compare text.
         b.position_at_end(by_text)
         compare_ty = ir.FunctionType(I32, [PTR, PTR])
 
         def same_text(i):
-            name = b.inttoptr(item(ctx, _HEADER_WORDS + 2 * i + 1, I64), PTR)
+            name = b.inttoptr(item(ctx, names[i], I64), PTR)
             result = call_pointer(b, item(ctx, _COMPARE, I64), compare_ty, [key_obj, name])
             return b.icmp_signed("==", result, ir.Constant(I32, 0))
 
@@ -170,25 +180,29 @@ def add_native_entry(module: ir.Module, name: str, in_types, n_out: int, kind: s
         j.add_incoming(nxt, kw_next)
         b.cbranch(b.icmp_signed("<", nxt, n_kw), kw_loop, kw_done)
         b.position_at_end(kw_done)
-    # Check every input against the specialization: exact type, dtype, shape and strides.
-    data = []
-    for i, (shape, dtype) in enumerate(in_types):
-        a = b.load(slots[i], typ=PTR)
-        require(b.icmp_unsigned("!=", a, ir.Constant(PTR, None)))
+    def check_array(a, shape, dtype, descr_word, flag_bits):
+        """Fall back unless `a` is exactly an ndarray of this dtype (by descr identity),
+        shape and C-contiguous strides, with every bit of `flag_bits` set; its data."""
         require(b.icmp_unsigned("==", field(a, LAYOUT["type"], I64), item(ctx, _NDARRAY, I64)))
-        require(b.icmp_unsigned("==", field(a, LAYOUT["descr"], I64),
-                                item(ctx, _HEADER_WORDS + 2 * i, I64)))
+        require(b.icmp_unsigned("==", field(a, LAYOUT["descr"], I64), item(ctx, descr_word, I64)))
         require(b.icmp_unsigned("==", field(a, LAYOUT["nd"], I32), ir.Constant(I32, len(shape))))
         flags = field(a, LAYOUT["flags"], I32)
-        require(b.icmp_unsigned("!=", b.and_(flags, ir.Constant(I32, NPY_ARRAY_ALIGNED)),
-                                ir.Constant(I32, 0)))
+        require(b.icmp_unsigned("==", b.and_(flags, ir.Constant(I32, flag_bits)),
+                                ir.Constant(I32, flag_bits)))
         if shape:
             dims, strides = field(a, LAYOUT["dims"]), field(a, LAYOUT["strides"])
             expected = contiguous_strides(shape, np.dtype(dtype).itemsize)
             for d, (size, stride) in enumerate(zip(shape, expected)):
                 require(b.icmp_unsigned("==", item(dims, d, I64), c(size)))
                 require(b.icmp_unsigned("==", item(strides, d, I64), c(stride)))
-        data.append(field(a, LAYOUT["data"]))
+        return field(a, LAYOUT["data"])
+
+    # Check every input against the specialization: exact type, dtype, shape and strides.
+    data = []
+    for i, (shape, dtype) in enumerate(in_types):
+        a = b.load(slots[i], typ=PTR)
+        require(b.icmp_unsigned("!=", a, ir.Constant(PTR, None)))
+        data.append(check_array(a, shape, dtype, _HEADER_WORDS + 2 * i, NPY_ARRAY_ALIGNED))
     # The outputs, from numpy.empty(shape, dtype) (a vectorcall on two context words each).
     vectorcall_ty = ir.FunctionType(PTR, [PTR, PTR, I64, PTR])
     void_of_ptr = ir.FunctionType(ir.VoidType(), [PTR])
@@ -197,6 +211,47 @@ def add_native_entry(module: ir.Module, name: str, in_types, n_out: int, kind: s
         for obj in objects:
             call_pointer(b, item(ctx, _DECREF, I64), void_of_ptr, [obj])
 
+    def run_kernels(targets, allocated, into_out=None):
+        """Run the kernels (without the GIL, as a ctypes call would) into the output data
+        pointers `targets`; on a failing status release `allocated` and fall back. With
+        `into_out`, success returns that array (a new reference) at once."""
+        state = call_pointer(b, item(ctx, _SAVE_THREAD, I64), ir.FunctionType(PTR, []), [])
+        status = b.call(inner, data + targets + [ir.Constant(PTR, None)])
+        call_pointer(b, item(ctx, _RESTORE_THREAD, I64), void_of_ptr, [state])
+        ok = fn.append_basic_block("done")
+        bad = fn.append_basic_block("failed")
+        b.cbranch(b.icmp_unsigned("==", status, ir.Constant(I32, 0)), ok, bad)
+        b.position_at_end(bad)  # the dispatcher runs the call again and raises its error
+        release(allocated)
+        b.branch(fallback_bb)
+        b.position_at_end(ok)
+        hits = b.gep(ctx, [c(_HITS)], source_etype=I64)
+        b.store(b.add(b.load(hits, typ=I64), c(1)), hits)
+        if into_out is not None:
+            call_pointer(b, item(ctx, _INCREF, I64), void_of_ptr, [into_out])
+            b.ret(into_out)
+
+    if takes_out:
+        given = b.load(slots[n_in], typ=PTR)
+        absent = b.or_(b.icmp_unsigned("==", given, ir.Constant(PTR, None)),
+                       b.icmp_unsigned("==", b.ptrtoint(given, I64), item(ctx, _NONE, I64)))
+        into_out = fn.append_basic_block("into_out")
+        fresh = fn.append_basic_block("fresh_output")
+        b.cbranch(absent, fresh, into_out)
+        b.position_at_end(into_out)
+        out_shape, out_dtype = out_types[0]
+        target = check_array(given, out_shape, out_dtype, _HEADER_WORDS + 2 * n_in + 1,
+                             NPY_ARRAY_ALIGNED | NPY_ARRAY_WRITEABLE)
+        out_bytes = int(np.prod(out_shape, dtype=np.int64)) * np.dtype(out_dtype).itemsize
+        lo = b.ptrtoint(target, I64)
+        for pointer, (shape, dtype) in zip(data, in_types):
+            nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            if nbytes and out_bytes:  # an input sharing memory with out= needs a temporary
+                start = b.ptrtoint(pointer, I64)
+                require(b.or_(b.icmp_unsigned("<=", b.add(lo, c(out_bytes)), start),
+                              b.icmp_unsigned("<=", b.add(start, c(nbytes)), lo)))
+        run_kernels([target], [], into_out=given)
+        b.position_at_end(fresh)
     outs = []
     for j in range(n_out):
         out_args = b.gep(ctx, [c(_HEADER_WORDS + 2 * n_in + 3 * j)], source_etype=I64)
@@ -211,20 +266,7 @@ def add_native_entry(module: ir.Module, name: str, in_types, n_out: int, kind: s
         b.ret(ir.Constant(PTR, None))  # numpy set the exception (MemoryError)
         b.position_at_end(allocated)
         outs.append(out)
-    # The kernels run without the GIL, as a ctypes call would.
-    state = call_pointer(b, item(ctx, _SAVE_THREAD, I64), ir.FunctionType(PTR, []), [])
-    status = b.call(inner, data + [field(o, LAYOUT["data"]) for o in outs]
-                    + [ir.Constant(PTR, None)])
-    call_pointer(b, item(ctx, _RESTORE_THREAD, I64), void_of_ptr, [state])
-    ok = fn.append_basic_block("done")
-    bad = fn.append_basic_block("failed")
-    b.cbranch(b.icmp_unsigned("==", status, ir.Constant(I32, 0)), ok, bad)
-    b.position_at_end(bad)  # the dispatcher runs the call again and raises its error
-    release(outs)
-    b.branch(fallback_bb)
-    b.position_at_end(ok)
-    hits = b.gep(ctx, [c(_HITS)], source_etype=I64)
-    b.store(b.add(b.load(hits, typ=I64), c(1)), hits)
+    run_kernels([field(o, LAYOUT["data"]) for o in outs], outs)
     if kind == "single":
         b.ret(outs[0])
     else:
@@ -286,7 +328,8 @@ class NativeCall:
         words = [id(fallback), id(np.ndarray), _address("PyObject_Vectorcall"),
                  _address("PyEval_SaveThread"), _address("PyEval_RestoreThread"),
                  _address("Py_DecRef"), 0, id(np.empty), _address("PyUnicode_Compare"),
-                 _address(new) if new else 0, _address(set_item) if set_item else 0]
+                 _address(new) if new else 0, _address(set_item) if set_item else 0,
+                 id(OUT_NAME), id(None), _address("Py_IncRef")]
         for descr, name in zip(descrs, interned):
             words += [id(descr), id(name)]
         for (shape, dtype), key in zip(outs, keys):
