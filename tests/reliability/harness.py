@@ -539,6 +539,7 @@ def call_targets():
         (sg.compile({"y": sg.exp(x) * 2 + n, "s": x.sum(axis=0)}), {"x": ((3, 4), "float64"),
                                                                    "n": ((4,), "int32")}),
         (sg.compile(u * 2 + w, inputs=[u, w]), None),
+        (sg.compile(sg.exp(x) * 2 + n), None),  # one output: out= can go native
     ]
 
 
@@ -557,7 +558,7 @@ def bad_calls(n_calls, seed=0):
     """(calls made, SymgraphErrors, other exceptions as strings) for `n_calls` malformed calls;
     every call must raise a SymgraphError."""
     rng = np.random.default_rng(seed)
-    (f, sig), (g, _) = call_targets()
+    (f, sig), (g, _), (h, _) = call_targets()
     good = {k: np.zeros(s, d) for k, (s, d) in sig.items()}
     cases = []
     for k in sig:
@@ -585,6 +586,12 @@ def bad_calls(n_calls, seed=0):
     ro = np.zeros(4)
     ro.flags.writeable = False
     cases.append((f, dict(good), {"out": {"y": np.zeros((3, 4)), "s": ro}}))
+    ro = np.zeros((3, 4))
+    ro.flags.writeable = False
+    for bad_out in [np.zeros((3, 4), np.float32), np.zeros((4, 3)), np.zeros(12), ro, "no",
+                    [np.zeros((3, 4))], np.zeros((3, 4), ">f8"), np.zeros((3, 4, 1)),
+                    np.zeros((3, 4), np.int64), np.zeros((), np.float64)]:
+        cases.append((h, dict(good), {"out": bad_out}))
     cases.append((g, {"u": np.zeros(3), "w": np.zeros(4)}, {}))  # shapes do not broadcast
     cases.append((g, {"u": np.zeros(3), "w": "x"}, {}))
     errors, other = 0, []
