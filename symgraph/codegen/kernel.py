@@ -35,10 +35,12 @@ from .threadpool import declare_pool_run
 ERR_NO_MEMORY = 2
 ERR_NONFINITE_BASE = 16  # status 16 + k: check site k went non-finite (check_finite)
 NO_CHECK_FAILED = (1 << 62)
-# Elements below which a loop of adds and multiplies stays on one thread: waking a worker
-# and moving its share of the data between cores cost 10-40 us on a 2-core VM, and on it
-# such loops gained from a second thread only from about a million elements (they are
-# memory-bound). Each math function in the loop (exp, tanh, ...) divides the threshold by
+# Elements below which a loop of float32 adds and multiplies stays on one thread: waking a
+# worker and moving its share of the data between cores cost 10-40 us on a 2-core VM, and
+# on it such loops gained from a second thread only from about a million elements, 4 MiB
+# an array (they are memory-bound). Wider elements move more bytes each: the threshold
+# scales by 4 / the widest itemsize (float64 loops split from 512 Ki elements, where two
+# threads measured 1.3x). Each math function in the loop (exp, tanh, ...) divides it by
 # 1 + MATH_WEIGHT more.
 PARALLEL_MIN_ELEMENTS = 1 << 20
 MATH_WEIGHT = 2
@@ -593,7 +595,9 @@ class GraphLowering:
         # Math functions cost several times an add per element: such loops pay for a
         # second thread at fewer elements.
         math_ops = sum(g.nodes[n]["op"] in MATH_FUNCTIONS for n in members)
-        minimum = -(-PARALLEL_MIN_ELEMENTS // (1 + MATH_WEIGHT * math_ops))
+        widest = max((np.dtype(g.nodes[n]["dtype"]).itemsize for n in members
+                      if not isinstance(g.nodes[n]["dtype"], tuple)), default=4)
+        minimum = -(-PARALLEL_MIN_ELEMENTS * 4 // (widest * (1 + MATH_WEIGHT * math_ops)))
         if _typical(work) < minimum or _typical(extent) < 2:
             return None
         guards = [(work, minimum)] if isinstance(work, Sym) else []
