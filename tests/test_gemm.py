@@ -155,3 +155,22 @@ def test_blocking_follows_the_simd_width():
         assert blk.w * np.dtype(dtype).itemsize == vb
         assert blk.mc % blk.mr == 0 and blk.nr == blk.nv * blk.w
     assert gemm.simd_bytes() in (16, 32, 64)
+
+
+@pytest.mark.parametrize("a_shape, b_shape", [
+    ((7, 600), (600, 1100)),  # one block of rows: A packed once for 3 K blocks, 3 B panels
+    ((80, 300), (300, 530)),  # exactly one block of rows, 2 K blocks
+    ((81, 300), (300, 530)),  # two blocks of rows: A packed per panel as before
+    ((5, 1), (1, 40)),
+])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_packing_a_once_gives_the_same_bits(force_gemm, a_shape, b_shape, dtype):
+    """A single block of rows packs A once for all of B (GEMM_HOISTED_A_BYTES); packing it
+    again for every panel of B must give the same bits."""
+    rng = np.random.default_rng(a_shape[0])
+    a, b = _rand(rng, a_shape, dtype), _rand(rng, b_shape, dtype)
+    once = _compile_matmul(a_shape, b_shape, dtype, dtype)(a=a, b=b)
+    force_gemm.setattr(gemm, "GEMM_HOISTED_A_BYTES", 0)
+    per_panel = _compile_matmul(a_shape, b_shape, dtype, dtype)(a=a, b=b)
+    assert once.tobytes() == per_panel.tobytes()
+    _check_vs_numpy(once, a, b)

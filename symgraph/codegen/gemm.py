@@ -27,6 +27,7 @@ from .emit import I1, I32, I64, PTR, Emitter, memory_type, register_type
 from .loops import emit_loop, emit_nest, size_value
 
 GEMM_USE_FMA = False
+GEMM_HOISTED_A_BYTES = 1 << 20  # packed A up to this size is packed once for all of B
 GEMM_MIN_WORK = 16 * 16 * 16  # m*n*k below which the loop nest is as fast; 0 forces the GEMM
 GEMM_MIN_ROWS = 2  # products with fewer rows of A stay on the loop nest
 GEMM_VECTOR_BYTES = None  # force a SIMD width in bytes (64, 32 or 16) instead of the host's
@@ -130,7 +131,18 @@ def gemm_function(module, name, dtype, load_a, load_b, vector_bytes=None, epilog
         module, ir.FunctionType(ir.VoidType(), [PTR]), "free")
     nc_alloc = _min(b, b.mul(_ceil_div(b, n, nr), _const(nr)), _const(nc_max))
     b_bytes = b.mul(nc_alloc, _const(kc_max * sz))
-    raw = b.call(malloc, [b.add(b_bytes, _const(mc_max * kc_max * sz + 128))])
+    # K blocks of equal length (576 = 3 x 192, not 256 + 256 + 64): a short last block
+    # would pay a whole pass of C tile loads and stores for a few k steps.
+    k_blocks = _ceil_div(b, k, kc_max)
+    kc_step = b.udiv(b.add(k, b.sub(k_blocks, _const(1))), k_blocks)
+    # With a single block of rows (a convolution's output channels, a small layer), A is
+    # packed once for every K block instead of again for each NC-column panel of B.
+    a_block = b.mul(kc_step, _const(mc_max))  # elements of one K block's packed A
+    a_all = b.mul(a_block, k_blocks)
+    hoist_a = b.and_(b.icmp_signed("<=", m, _const(mc_max)),
+                     b.icmp_signed("<=", a_all, _const(GEMM_HOISTED_A_BYTES // sz)))
+    a_bytes = b.mul(b.select(hoist_a, a_all, _const(mc_max * kc_max)), _const(sz))
+    raw = b.call(malloc, [b.add(b.add(b_bytes, a_bytes), _const(128))])
     fail = b.icmp_unsigned("==", raw, ir.Constant(PTR, None))
     with b.if_then(fail, likely=False):
         b.store(ir.Constant(I32, ERR_NO_MEMORY), status)
@@ -166,18 +178,30 @@ def gemm_function(module, name, dtype, load_a, load_b, vector_bytes=None, epilog
 
                 emit_loop(b, rows, lambda o: emit_loop(b, width, lambda r: edge(o, r), "er"), "eo")
 
-    # K blocks of equal length (576 = 3 x 192, not 256 + 256 + 64): a short last block
-    # would pay a whole pass of C tile loads and stores for a few k steps.
-    k_blocks = _ceil_div(b, k, kc_max)
-    kc_step = b.udiv(b.add(k, b.sub(k_blocks, _const(1))), k_blocks)
+    def pack_a_block(pc, kc, block, ic, mc):
+        """Rows [ic, ic + mc) of A's K block at pc, packed in MR-row slivers at `block`."""
+        def pack_a_sliver(i_s):
+            i0 = b.add(ic, b.mul(i_s, _const(mr)))
+            dst = at(block, b.mul(i_s, b.mul(kc, _const(mr))))
+            pack(dst, kc, mr, m, i0, pc, lambda i, kk: load_a(em, a_ptr, i, kk))
+
+        emit_loop(b, _ceil_div(b, mc, mr), pack_a_sliver, "is")
+
+    def k_block(pt):
+        """(start, length) of K block pt."""
+        pc = b.mul(pt, kc_step)
+        return pc, _min(b, b.sub(k, pc), kc_step)
+
+    with b.if_then(hoist_a):
+        emit_loop(b, k_blocks, lambda pt: pack_a_block(
+            *k_block(pt), at(pack_a, b.mul(pt, a_block)), _const(0), m), "pa")
 
     def jc_loop(jt):
         jc = b.mul(jt, _const(nc_max))
         nc = _min(b, b.sub(n, jc), _const(nc_max))
 
         def pc_loop(pt):
-            pc = b.mul(pt, kc_step)
-            kc = _min(b, b.sub(k, pc), kc_step)
+            pc, kc = k_block(pt)
             first = b.icmp_signed("==", pt, _const(0))
 
             def pack_b_sliver(js):
@@ -193,13 +217,9 @@ def gemm_function(module, name, dtype, load_a, load_b, vector_bytes=None, epilog
             def ic_loop(it):
                 ic = b.mul(it, _const(mc_max))
                 mc = _min(b, b.sub(m, ic), _const(mc_max))
-
-                def pack_a_sliver(i_s):
-                    i0 = b.add(ic, b.mul(i_s, _const(mr)))
-                    dst = at(pack_a, b.mul(i_s, b.mul(kc, _const(mr))))
-                    pack(dst, kc, mr, m, i0, pc, lambda i, kk: load_a(em, a_ptr, i, kk))
-
-                emit_loop(b, _ceil_div(b, mc, mr), pack_a_sliver, "is")
+                with b.if_then(b.not_(hoist_a)):
+                    pack_a_block(pc, kc, pack_a, ic, mc)
+                a_here = at(pack_a, b.select(hoist_a, b.mul(pt, a_block), _const(0)))
 
                 def jr_loop(js):
                     j0 = b.add(jc, b.mul(js, _const(nr)))
@@ -207,7 +227,7 @@ def gemm_function(module, name, dtype, load_a, load_b, vector_bytes=None, epilog
 
                     def ir_loop(i_s):
                         i0 = b.add(ic, b.mul(i_s, _const(mr)))
-                        ap = at(pack_a, b.mul(i_s, b.mul(kc, _const(mr))))
+                        ap = at(a_here, b.mul(i_s, b.mul(kc, _const(mr))))
                         rows = _min(b, b.sub(m, i0), _const(mr))
                         cols = _min(b, b.sub(n, j0), _const(nr))
                         full = b.and_(b.icmp_signed("==", rows, _const(mr)),
