@@ -71,11 +71,19 @@ class Emitter:
         value = self.b.load(self.b.gep(ptr, [offset], source_etype=mem, inbounds=True), typ=mem)
         return self.b.trunc(value, I1) if np.dtype(dtype).kind == "b" else value
 
-    def store(self, dtype, value, ptr, offset):
+    def store(self, dtype, value, ptr, offset, nontemporal=False):
+        """ptr[offset] = value. `nontemporal` makes it a streaming store declared 64-byte
+        aligned: only for loops whose vector stores start on a 64-byte boundary and step by
+        whole vectors (LLVM vectorizes non-temporal stores only when so told; a scalar
+        remainder store has no alignment requirement on x86)."""
         mem = memory_type(dtype)
         if np.dtype(dtype).kind == "b":
             value = self.b.zext(value, I8)
-        self.b.store(value, self.b.gep(ptr, [offset], source_etype=mem, inbounds=True))
+        store = self.b.store(value, self.b.gep(ptr, [offset], source_etype=mem, inbounds=True),
+                             align=64 if nontemporal else None)
+        if nontemporal:
+            store.set_metadata("nontemporal",
+                               self.b.module.add_metadata([ir.Constant(I32, 1)]))
 
     # --- arithmetic --------------------------------------------------------------------------
     def add(self, d, a, b):

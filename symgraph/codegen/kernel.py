@@ -229,15 +229,18 @@ class GraphLowering:
         b.ret(b.load(status, typ=I32))
         return self.module
 
+    def widest_itemsize(self, members, default):
+        """Bytes of the widest element among `members` (tuple-typed nodes do not count)."""
+        return max((np.dtype(self.g.nodes[n]["dtype"]).itemsize for n in members
+                    if not isinstance(self.g.nodes[n]["dtype"], tuple)), default=default)
+
     def vector_width(self, members):
         """SIMD lanes to fix for a flat loop over `members` (None: LLVM's cost model picks).
         Fixed only in large modules, where trying every width costs LLVM real time: the
         host's vector register holds this many of the widest element."""
         if not self.vector_bytes:
             return None
-        widest = max((np.dtype(self.g.nodes[n]["dtype"]).itemsize for n in members
-                      if not isinstance(self.g.nodes[n]["dtype"], tuple)), default=8)
-        lanes = self.vector_bytes // widest
+        lanes = self.vector_bytes // self.widest_itemsize(members, default=8)
         return lanes if lanes >= 2 else None
 
     def buffer(self, b, n):
@@ -595,8 +598,7 @@ class GraphLowering:
         # Math functions cost several times an add per element: such loops pay for a
         # second thread at fewer elements.
         math_ops = sum(g.nodes[n]["op"] in MATH_FUNCTIONS for n in members)
-        widest = max((np.dtype(g.nodes[n]["dtype"]).itemsize for n in members
-                      if not isinstance(g.nodes[n]["dtype"], tuple)), default=4)
+        widest = self.widest_itemsize(members, default=4)
         minimum = -(-PARALLEL_MIN_ELEMENTS * 4 // (widest * (1 + MATH_WEIGHT * math_ops)))
         if _typical(work) < minimum or _typical(extent) < 2:
             return None
@@ -991,21 +993,10 @@ class _KernelBody:
                         to_boundary)
         emit_loop(b, peel, body, start=lo, vector_width=width)
         start = b.add(lo, peel)
+        # No forced width here: where LLVM cannot vectorize the body, one prints a remark.
         emit_loop(b, b.sub(hi, start), lambda i: body(i, streamed=True), start=start,
                   vector_width=width)
         b.call(declare(b.module, "llvm.x86.sse.sfence", ir.VoidType(), []), [])
-
-    def _stream_store(self, root, value, i):
-        """A non-temporal store of output element i. Its alignment is declared as 64 bytes,
-        which the vectorized loop's stores have (the loop starts on a 64-byte boundary and
-        steps by whole vectors); LLVM vectorizes non-temporal stores only when so told, and
-        a scalar remainder store has no alignment requirement on x86. The loop gets no
-        forced width: where LLVM cannot vectorize it, a forced width prints a remark."""
-        b = self.b
-        mem = memory_type(self.g.nodes[root]["dtype"])
-        store = b.store(value, b.gep(self.pointers[root], [i], source_etype=mem, inbounds=True),
-                        align=64)
-        store.set_metadata("nontemporal", b.module.add_metadata([ir.Constant(I32, 1)]))
 
     def elementwise(self, root):
         d = self.g.nodes[root]
@@ -1015,11 +1006,8 @@ class _KernelBody:
             def body(i, streamed=False):
                 self.memo.clear()
                 for r in roots:
-                    if streamed:
-                        self._stream_store(r, self.value(r, _Flat(i)), i)
-                    else:
-                        em.store(self.g.nodes[r]["dtype"], self.value(r, _Flat(i)),
-                                 self.pointers[r], i)
+                    em.store(self.g.nodes[r]["dtype"], self.value(r, _Flat(i)), self.pointers[r],
+                             i, nontemporal=streamed)
 
             width = self.lowering.vector_width(self.members)
             total = math.prod(d["shape"])
