@@ -1,9 +1,13 @@
 """The native thread pool that parallel kernels run on: LLVM IR over pthreads, no Python.
 
 Starting a thread per parallel loop and joining it cost about 35 us on a 2-core VM, more
-than many loops take. Here worker threads start on first use and then sleep on a semaphore
-between jobs (they never spin); a job posts one token per helper, and waking a sleeping
-worker and hearing back costs about 6-14 us there.
+than many loops take. Here worker threads start on first use and then wait on a semaphore
+between jobs; a job posts one token per helper. Waking a sleeping thread is slow on a VM
+(the post is a system call that must wake a halted virtual CPU: 7-11 us for the poster,
+20-35 us until the worker runs), so a waiter first polls its semaphore for up to
+SPIN_NS (50 us, about the cost of one sleep and wake) and only then sleeps. Kernels that
+follow one another in a call, and calls made back to back, then find their helpers awake;
+a pool left idle for longer sleeps, and costs no CPU time.
 
 ``symgraph_pool_run(fn, arg, threads)`` runs ``fn(arg)`` on the calling thread and on
 ``threads - 1`` workers at once and returns when all have returned. Kernels pass their
@@ -18,6 +22,7 @@ copy, with internal linkage.
 """
 from __future__ import annotations
 
+import llvmlite.binding as llvm
 from llvmlite import ir
 
 from .emit import I32, I64, PTR, call_pointer, declare
@@ -25,6 +30,9 @@ from .loops import emit_loop
 
 POOL_RUN = "symgraph_pool_run"
 _SYNC_BYTES = 64  # room for a glibc pthread_mutex_t (40 bytes) or sem_t (32)
+SPIN_NS = 50_000  # how long a waiter polls its semaphore before it sleeps
+_CLOCK_MONOTONIC = 1
+_POLLS_PER_CLOCK_READ = 64
 _VOID = ir.VoidType()
 
 
@@ -61,6 +69,8 @@ def define_pool(module: ir.Module, linkage: str = "internal") -> None:
     unlock = declare(module, "pthread_mutex_unlock", I32, [PTR])
     sem_init = declare(module, "sem_init", I32, [PTR, I32, I32])
     sem_wait = declare(module, "sem_wait", I32, [PTR])
+    sem_trywait = declare(module, "sem_trywait", I32, [PTR])
+    clock_gettime = declare(module, "clock_gettime", I32, [I32, PTR])
     sem_post = declare(module, "sem_post", I32, [PTR])
     create = declare(module, "pthread_create", I32, [PTR, PTR, PTR, PTR])
     detach = declare(module, "pthread_detach", I32, [I64])
@@ -69,14 +79,43 @@ def define_pool(module: ir.Module, linkage: str = "internal") -> None:
     one = ir.Constant(I64, 1)
     zero = ir.Constant(I64, 0)
 
+    relax = _spin_hint(module)
+    zero32 = ir.Constant(I32, 0)
+
+    def monotonic_ns(b, timespec):
+        b.call(clock_gettime, [ir.Constant(I32, _CLOCK_MONOTONIC), timespec])
+        seconds = b.load(b.gep(timespec, [zero, ir.Constant(I32, 0)]), typ=I64)
+        nanoseconds = b.load(b.gep(timespec, [zero, ir.Constant(I32, 1)]), typ=I64)
+        return b.add(b.mul(seconds, ir.Constant(I64, 1_000_000_000)), nanoseconds)
+
     def wait_token(b, sem):
-        """sem_wait, again when a signal interrupts it."""
-        retry = b.function.append_basic_block("sem.wait")
-        ok = b.function.append_basic_block("sem.taken")
-        b.branch(retry)
-        b.position_at_end(retry)
+        """Take one token of `sem`: poll it (sem_trywait, no system call) for up to SPIN_NS,
+        reading the clock every _POLLS_PER_CLOCK_READ polls, then sleep in sem_wait, again
+        when a signal interrupts it."""
+        function = b.function
+        spin, check, sleep, ok = (function.append_basic_block(f"sem.{name}")
+                                  for name in ("spin", "clock", "sleep", "taken"))
+        with b.goto_entry_block():
+            timespec = b.alloca(ir.ArrayType(I64, 2), name="timespec")
+            polls = b.alloca(I64, name="polls")
+        b.store(zero, polls)
+        deadline = b.add(monotonic_ns(b, timespec), ir.Constant(I64, SPIN_NS))
+        b.branch(spin)
+        b.position_at_end(spin)
+        taken = b.icmp_unsigned("==", b.call(sem_trywait, [sem]), zero32)
+        polling = function.append_basic_block("sem.poll")
+        b.cbranch(taken, ok, polling)
+        b.position_at_end(polling)
+        relax(b)
+        count = b.add(b.load(polls, typ=I64), one)
+        b.store(count, polls)
+        due = b.icmp_unsigned("==", b.and_(count, ir.Constant(I64, _POLLS_PER_CLOCK_READ - 1)), zero)
+        b.cbranch(due, check, spin)
+        b.position_at_end(check)
+        b.cbranch(b.icmp_signed("<", monotonic_ns(b, timespec), deadline), spin, sleep)
+        b.position_at_end(sleep)
         rc = b.call(sem_wait, [sem])
-        b.cbranch(b.icmp_unsigned("==", rc, ir.Constant(I32, 0)), ok, retry)
+        b.cbranch(b.icmp_unsigned("==", rc, zero32), ok, sleep)
         b.position_at_end(ok)
 
     # The worker: take a token, run the job published before it, report, repeat. A worker
@@ -141,3 +180,17 @@ def define_pool(module: ir.Module, linkage: str = "internal") -> None:
     emit_loop(b, helping, lambda i: wait_token(b, done), "collect")
     b.call(unlock, [submit])
     b.ret_void()
+
+
+def _spin_hint(module: ir.Module):
+    """``emit(builder)`` for the CPU's spin-wait hint on `module`'s target (x86 ``pause``,
+    AArch64 ``yield``; nothing elsewhere): a polling waiter then saves power and leaves
+    issue slots to a sibling hyperthread."""
+    triple = module.triple or llvm.get_process_triple()
+    if triple.startswith(("x86_64", "i686", "i386")):
+        pause = declare(module, "llvm.x86.sse2.pause", _VOID, [])
+        return lambda b: b.call(pause, [])
+    if triple.startswith(("aarch64", "arm64")):
+        hint = declare(module, "llvm.aarch64.hint", _VOID, [I32])
+        return lambda b: b.call(hint, [ir.Constant(I32, 1)])  # 1: YIELD
+    return lambda b: None

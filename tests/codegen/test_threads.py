@@ -134,3 +134,22 @@ def test_a_forked_child_starts_its_own_workers():
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert int(f(data)) == want
+
+
+def test_idle_workers_sleep():
+    """A waiting worker polls for a moment (threadpool.SPIN_NS) and then sleeps: a pool left
+    idle uses no CPU time. process_time counts every thread of the process."""
+    import time
+
+    from symgraph.codegen import threadpool
+
+    x = Variable("x", (400_000,), "float64")
+    f = compile(sg.exp(x) * 2, num_threads=4)
+    data = np.linspace(-1.0, 1.0, 400_000)
+    for _ in range(50):  # back to back: the workers are awake and polling
+        f(data)
+    time.sleep(threadpool.SPIN_NS * 1e-9 + 0.05)
+    idle_start = time.process_time()
+    time.sleep(0.5)
+    assert time.process_time() - idle_start < 0.1
+    np.testing.assert_allclose(f(data), np.exp(data) * 2, rtol=1e-12)
