@@ -90,7 +90,10 @@ def measure_interleaved(fns: dict, *, repeat=7, warmup=1, min_sample_s=0.02,
 
     `settle_s` is a pause before each sample: multi-threaded peers whose pools spin for a
     while after a call (OpenBLAS's do, for about 0.1 s) would otherwise take cores from
-    the engine timed next."""
+    the engine timed next. After the pause one untimed call wakes the engine's own threads:
+    some VM schedulers place a thread that wakes after a long idle on its waker's CPU (here
+    a two-thread conv2d called after 10 ms or more of idle ran on one core), and the sample
+    is meant to time the engine, not that first placement."""
     inner = {}
     for name, fn in fns.items():
         n, t = _calibrate(fn, warmup, min_sample_s)
@@ -102,6 +105,7 @@ def measure_interleaved(fns: dict, *, repeat=7, warmup=1, min_sample_s=0.02,
         for name, fn in fns.items():
             if settle_s:
                 time.sleep(settle_s)
+                fn()
             samples[name].append(_sample(fn, inner[name][0]))
     out = {}
     for name, xs in samples.items():
