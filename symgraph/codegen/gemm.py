@@ -120,7 +120,7 @@ def gemm_function(module, name, dtype, load_a, load_b, vector_bytes=None, epilog
     env = fn.args[7] if epilogue else None
     for arg in (a_ptr, b_ptr, c_ptr):
         arg.add_attribute("noalias")
-    ukernel = _microkernel(module, f"{name}.ukernel", dtype, blk)
+    ukernel = microkernel(module, f"{name}.ukernel", dtype, blk)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     em = Emitter(b)
     mr, nr, kc_max, mc_max, nc_max = blk.mr, blk.nr, blk.kc, blk.mc, blk.nc
@@ -276,18 +276,22 @@ def gemm_function(module, name, dtype, load_a, load_b, vector_bytes=None, epilog
     return fn
 
 
-def _microkernel(module, name, dtype, blk):
+def microkernel(module, name, dtype, blk, b_row_stride=False):
     """``void NAME(i64 kc, ptr Ap, ptr Bp, ptr C, i64 ldc, i1 first)``: the MR x NR tile of C
     (row stride ldc) gets sum_k Ap[k*MR + r] * Bp[k*NR + c], in ascending k; it starts from 0
-    when `first`, else from C's current values."""
+    when `first`, else from C's current values. With `b_row_stride` it takes one more
+    argument, ``i64 ldb``, and reads B's row k at Bp[k*ldb] instead: B used in place, for a
+    caller that writes B rows contiguously itself (winograd.py)."""
     existing = module.globals.get(name)
     if existing is not None:
         return existing
     ty = register_type(dtype)
     vty = ir.VectorType(ty, blk.w)
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [I64, PTR, PTR, PTR, I64, I1]), name)
+    params = [I64, PTR, PTR, PTR, I64, I1] + ([I64] if b_row_stride else [])
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), params), name)
     fn.linkage = "internal"
-    kc, ap, bp, cp, ldc, first = fn.args
+    kc, ap, bp, cp, ldc, first = fn.args[:6]
+    b_step = fn.args[6] if b_row_stride else _const(blk.nr)
     for arg in (ap, bp, cp):
         arg.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -319,7 +323,7 @@ def _microkernel(module, name, dtype, blk):
     for r in range(mr):
         for v in range(nv):
             phis[r][v].add_incoming(acc0[r][v], pre)
-    bvals = [b.load(vptr(bp, b.add(b.mul(kk, _const(nr)), _const(v * w))), typ=vty, align=sz)
+    bvals = [b.load(vptr(bp, b.add(b.mul(kk, b_step), _const(v * w))), typ=vty, align=sz)
              for v in range(nv)]
     undef = ir.Constant(vty, ir.Undefined)
     splat_mask = ir.Constant(ir.VectorType(I32, w), [0] * w)

@@ -28,7 +28,7 @@ from .emit import I8, I32, I64, PTR, Emitter, declare, memory_type, register_typ
 from .gemm import GEMM_MIN_ROWS, GEMM_MIN_WORK, align_pointer, emit_matmul, folded_rows, uses_gemm
 from ..shapes import NotGeneric, Sym
 from .loops import bind_sizes, emit_loop, emit_nest, size_value
-from .nn import lower_conv, lower_pool
+from .nn import lower_conv, lower_pool, uses_winograd
 from .mathlib import MATH_FUNCTIONS
 from .threadpool import declare_pool_run
 
@@ -559,6 +559,7 @@ class GraphLowering:
         d = g.nodes[root]
         kind = get_op(d["op"]).kind
         probe = _KernelBody(self, None, members, {}, None)
+        chunks_per_thread = CHUNKS_PER_THREAD
         if kind == "elementwise" or kind == "movement":
             work = math.prod(d["shape"])
             extent = work if probe._flat_ok(root) else (d["shape"][0] if d["shape"] else 1)
@@ -582,6 +583,8 @@ class GraphLowering:
             extent, mode = d["shape"][0], "outer"
             work = math.prod(d["shape"]) * (math.prod(g.nodes[d["args"][1]]["shape"][1:])
                                             if kind == "conv" else 1)
+            if kind == "conv" and uses_winograd(g, root):
+                chunks_per_thread = 1  # each chunk transforms all the filters first
         elif kind == "matmul":
             mm = MatmulGeometry.of(g, root)
             rows = folded_rows(mm.batch, mm.a2, mm.b2)
@@ -603,7 +606,7 @@ class GraphLowering:
         if _typical(work) < minimum or _typical(extent) < 2:
             return None
         guards = [(work, minimum)] if isinstance(work, Sym) else []
-        return extent, mode, guards, 1, CHUNKS_PER_THREAD
+        return extent, mode, guards, 1, chunks_per_thread
 
     def _parallel_dispatcher(self, name, range_fn, n_fixed, root, plan):
         """The kernel as the entry calls it: [0, extent) in CHUNKS_PER_THREAD fixed chunks per

@@ -15,6 +15,7 @@ from llvmlite import ir
 from ..ops import get_op
 from .emit import I32, I64, PTR, declare, memory_type
 from .gemm import dense_loader, gemm_function
+from . import winograd
 from .loops import emit_loop, emit_nest
 
 MAX_SEGMENTS = 4  # strided slivers touching more output rows than this pack element-wise
@@ -228,6 +229,16 @@ class Im2colLoader:
                     scalar_rows()
 
 
+def uses_winograd(g, node) -> bool:
+    """Whether conv2d `node` is computed by Winograd's F(2x2, 3x3) (codegen/winograd.py)."""
+    d = g.nodes[node]
+    x, wt = d["args"]
+    return (g.nodes[wt]["shape"][0] // d["attrs"]["groups"] >= DIRECT_MAX_GROUP_CHANNELS
+            and winograd.applies(g.nodes[x]["shape"], g.nodes[wt]["shape"], d["shape"],
+                                 d["attrs"], (g.nodes[x]["dtype"], g.nodes[wt]["dtype"],
+                                              d["dtype"])))
+
+
 def lower_conv(kernel, root):
     """Kernel body of a conv2d node: one implicit GEMM per (image, group)."""
     g, em, b = kernel.g, kernel.em, kernel.b
@@ -277,6 +288,11 @@ def lower_conv(kernel, root):
         b.call(fn, [a_ptr, at(kernel.pointers[x], x_dtype, x_off), at(out, dtype, c_off),
                     _c(og), _c(p), _c(k), em.status_ptr] + extra)
 
+    if uses_winograd(g, root):
+        # Images (or filters) holding inf or nan take the implicit GEMM: the transforms'
+        # differences would turn an inf into nan where the direct sum keeps it.
+        winograd.lower(kernel, root, epilogue, fallback=lambda ni: one([ni, _c(0)]))
+        return
     emit_nest(b, (n, groups), one, "conv", outer=kernel.outer)  # threads split the images
 
 
