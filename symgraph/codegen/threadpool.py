@@ -7,7 +7,9 @@ between jobs; a job posts one token per helper. Waking a sleeping thread is slow
 20-35 us until the worker runs), so a waiter first polls its semaphore for up to
 SPIN_NS (50 us, about the cost of one sleep and wake) and only then sleeps. Kernels that
 follow one another in a call, and calls made back to back, then find their helpers awake;
-a pool left idle for longer sleeps, and costs no CPU time.
+a pool left idle for longer sleeps, and costs no CPU time. A polling thread yields its CPU
+every _POLLS_PER_CLOCK_READ polls, so with more threads than cores (num_threads=8 on two)
+the threads that still have chunks to run get the cores.
 
 ``symgraph_pool_run(fn, arg, threads)`` runs ``fn(arg)`` on the calling thread and on
 ``threads - 1`` workers at once and returns when all have returned. Kernels pass their
@@ -71,6 +73,7 @@ def define_pool(module: ir.Module, linkage: str = "internal") -> None:
     sem_wait = declare(module, "sem_wait", I32, [PTR])
     sem_trywait = declare(module, "sem_trywait", I32, [PTR])
     clock_gettime = declare(module, "clock_gettime", I32, [I32, PTR])
+    sched_yield = declare(module, "sched_yield", I32, [])
     sem_post = declare(module, "sem_post", I32, [PTR])
     create = declare(module, "pthread_create", I32, [PTR, PTR, PTR, PTR])
     detach = declare(module, "pthread_detach", I32, [I64])
@@ -90,8 +93,8 @@ def define_pool(module: ir.Module, linkage: str = "internal") -> None:
 
     def wait_token(b, sem):
         """Take one token of `sem`: poll it (sem_trywait, no system call) for up to SPIN_NS,
-        reading the clock every _POLLS_PER_CLOCK_READ polls, then sleep in sem_wait, again
-        when a signal interrupts it."""
+        yielding and reading the clock every _POLLS_PER_CLOCK_READ polls, then sleep in
+        sem_wait, again when a signal interrupts it."""
         function = b.function
         spin, check, sleep, ok = (function.append_basic_block(f"sem.{name}")
                                   for name in ("spin", "clock", "sleep", "taken"))
@@ -112,6 +115,7 @@ def define_pool(module: ir.Module, linkage: str = "internal") -> None:
         due = b.icmp_unsigned("==", b.and_(count, ir.Constant(I64, _POLLS_PER_CLOCK_READ - 1)), zero)
         b.cbranch(due, check, spin)
         b.position_at_end(check)
+        b.call(sched_yield, [])  # a thread with work waiting for this CPU runs first
         b.cbranch(b.icmp_signed("<", monotonic_ns(b, timespec), deadline), spin, sleep)
         b.position_at_end(sleep)
         rc = b.call(sem_wait, [sem])
