@@ -161,14 +161,13 @@ def _function(module, name, n_pointers, n_sizes, returns=ir.VoidType()):
 
 
 def _filter_transform(module, name, s: _Shapes):
-    """``finite = fn(w, Up)``: U_k[o][c] = (G w[o][c] G^T)[k], packed as the GEMM's A operand:
+    """``fn(w, Up)``: U_k[o][c] = (G w[o][c] G^T)[k], packed as the microkernel's A operand:
     for each k, MR-row slivers of (channel, row) pairs. Up must be zero on entry (its pad
-    rows stay zero). False when a filter holds inf or nan."""
-    fn, b = _function(module, name, 2, 0, I1)
+    rows stay zero)."""
+    fn, b = _function(module, name, 2, 0)
     w, u = fn.args
     em = Emitter(b)
     half = em.const(s.dtype, 0.5)
-    note, finite = _finite_tracker(b, s.dtype)
     mr = s.blk.mr
 
     def pair(sliver, c, lane):
@@ -176,9 +175,6 @@ def _filter_transform(module, name, s: _Shapes):
         base = b.mul(b.add(b.mul(o, _c(s.c)), c), _c(9))
         g = [[em.load(s.dtype, w, b.add(base, _c(3 * i + j))) for j in range(3)]
              for i in range(3)]
-        for row in g:
-            for value in row:
-                note(value)
         tile = _two_d(b, lambda bb, col: _filter_1d(bb, col, half), g)
         at = b.add(b.mul(sliver, _c(s.c * mr)), b.add(b.mul(c, _c(mr)), lane))
         for k in range(TILE):
@@ -192,6 +188,16 @@ def _filter_transform(module, name, s: _Shapes):
     if rest:
         emit_loop(b, _c(s.c), lambda c: emit_loop(
             b, rest, lambda lane: pair(_c(whole), c, lane), "wr"), "wp")
+    b.ret_void()
+    return fn
+
+
+def _all_finite(module, name, dtype, count):
+    """``finite = fn(x)``: whether the `count` values at x are all finite."""
+    fn, b = _function(module, name, 1, 0, I1)
+    em = Emitter(b)
+    note, finite = _finite_tracker(b, dtype)
+    emit_loop(b, count, lambda i: note(em.load(dtype, fn.args[0], i)), "fin")
     b.ret(finite())
     return fn
 
@@ -395,6 +401,7 @@ def lower(kernel, root, epilogue, fallback):
     module, prefix = b.module, b.function.name
     ty, sz = register_type(s.dtype), s.dtype.itemsize
     filters = _filter_transform(module, f"{prefix}.wino_filters", s)
+    finite_weights = _all_finite(module, f"{prefix}.wino_finite", s.dtype, s.o * s.c * 9)
     pad = _pad(module, f"{prefix}.wino_pad", s)
     forward = _input_transform(module, f"{prefix}.wino_input", s)
     products = _products(module, f"{prefix}.wino_products", s)
@@ -424,7 +431,8 @@ def lower(kernel, root, epilogue, fallback):
                             ir.Constant(ir.IntType(8), 0), slack, ir.Constant(I1, 0)])
             b.call(memset, [u, ir.Constant(ir.IntType(8), 0), _c(sum(padded[1:])),
                             ir.Constant(I1, 0)])
-            finite_filters = b.call(filters, [kernel.pointers[wt], u])
+            b.call(filters, [kernel.pointers[wt], u])
+            finite_filters = b.call(finite_weights, [kernel.pointers[wt]])
             out = kernel.pointers[root]
 
             def image(idx):

@@ -216,3 +216,16 @@ def test_an_open_batch_size():
     opened = sg.compile(sg.conv2d(sg.Variable("x", (1, 16, None, None), "float32"),
                                   sg.Variable("w", (16, 16, 3, 3), "float32"), padding=1))
     _assert_close(opened(x[:1], w), direct_conv(x[:1], w, 1), "float32")
+
+
+def test_compiling_prints_nothing(capfd, monkeypatch):
+    """LLVM reports a loop it was told to vectorize and could not on stderr: none here."""
+    monkeypatch.setenv("SYMGRAPH_CACHE", "0")
+    for c, o, h, width, padding, dtype in ((16, 20, 4, 34, 0, "float32"),
+                                           (24, 16, 18, 6, 1, "float64")):
+        x, w = _data(2, c, h, width, o, dtype)
+        f = _compile(padding)
+        f(x, w)
+        assert "wino_products" in f.llvm_ir
+    out, err = capfd.readouterr()
+    assert err == ""

@@ -54,7 +54,8 @@ def edge_pool(dtype):
                         dtype=dtype)
     info = np.finfo(dtype)
     # No huge finite values: whether a float sum of them overflows depends on the order.
-    return np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 0.5, 3.0,
+    # nan and -0.0 twice: the values whose handling most often goes wrong.
+    return np.array([np.nan, np.nan, np.inf, -np.inf, 0.0, -0.0, -0.0, 1.0, -1.0, 0.5, 3.0,
                      info.smallest_subnormal, -info.smallest_subnormal, info.tiny, -info.tiny],
                     dtype=dtype)
 
@@ -110,7 +111,14 @@ UNARY_APPROX = ["exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sin", 
                 "sinh", "cosh", "tanh", "sigmoid"]
 STEPS = ["binary"] * 4 + ["scalar"] * 3 + ["unary"] * 2 + ["approx", "reduce", "reduce",
          "argreduce", "movement", "movement", "movement", "movement", "cast", "cast", "where", "concat",
-         "matmul", "take", "clip", "loop", "cond", "nn"]
+         "matmul", "take", "clip", "loop", "cond", "nn", "identity", "identity"]
+# Operations with 0 or 1 that are identities only for some values (x + 0.0 is not x for
+# x = -0.0; x * 0.0 is not 0.0 for inf, nan or negative x): where simplification and
+# constant folding go wrong.
+IDENTITY_LIKE = [("add", 0.0, False), ("add", 0.0, True), ("add", -0.0, False),
+                 ("sub", 0.0, False), ("sub", -0.0, False), ("sub", 0.0, True),
+                 ("mul", 1.0, False), ("mul", 0.0, False), ("mul", -0.0, True),
+                 ("div", 1.0, False), ("div", -1.0, False)]
 CONTROL = {"loop", "cond"}
 
 
@@ -201,6 +209,10 @@ class Generator:
                 return _binary(name, s, a)
             ops.append(f"{name}(x, {s!r})")
             return _binary(name, a, s)
+        if kind == "identity":
+            name, s, first = self.pick(IDENTITY_LIKE)
+            ops.append(f"{name}({s!r}, x)" if first else f"{name}(x, {s!r})")
+            return _binary(name, s, a) if first else _binary(name, a, s)
         if kind == "unary":
             name = self.pick(UNARY_EXACT)
             ops.append(f"{name}({a.dtype})")
@@ -280,6 +292,8 @@ class Generator:
             return sg.cond(sg.sum(a.astype("int64")) > 0, lambda x: x + 1, lambda x: x * 2, a)
         if kind == "nn":
             size = math.prod(a.shape)
+            if size >= 1 and self.coin(0.25):
+                return self.winograd_layer(a, ops)
             if size < 2:
                 return None
             x = sg.reshape(a.astype(self.pick(["float32", "float64"])), (1, 1, size, 1))
@@ -292,6 +306,23 @@ class Generator:
             w = sg.Constant(self.rng.integers(-3, 4, size=(2, 1, 2, 1)).astype(x.dtype))
             return _finished(sg.conv2d(x, w), "sum", ops, 2, (x, w))
         return None
+
+    def winograd_layer(self, a, ops):
+        """A conv2d that codegen/winograd.py computes (16+ channels each way, 3x3 filters at
+        stride 1, an even output size): constant images shifted by the first element of
+        `a`, so its nan, inf and extremes reach them. Its transforms add rounding of their
+        own: the error bound counts four times the direct sum's terms."""
+        dtype = self.pick(["float32", "float64"])
+        c, o = self.pick([16, 24]), self.pick([16, 20])
+        h, w = self.pick([4, 6, 18]), self.pick([4, 6, 34])
+        padding = self.pick([0, 1])
+        images = sg.Constant(self.rng.standard_normal((2, c, h, w)).astype(dtype))
+        shift = sg.reshape(sg.reshape(a.astype(dtype), (-1,))[:1], (1, 1, 1, 1))
+        x = images + shift
+        filters = sg.Constant(self.rng.integers(-3, 4, size=(o, c, 3, 3)).astype(dtype))
+        ops.append(f"conv2d(2x{c}x{h}x{w} + x[0], {o}x{c}x3x3, padding={padding})")
+        return _finished(sg.conv2d(x, filters, padding=padding), "sum", ops, 4 * 9 * c,
+                         (x, filters))
 
     def movement(self, a, ops):
         shape = a.shape

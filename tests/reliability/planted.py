@@ -133,7 +133,7 @@ BUGS = {
 }
 
 
-def hunt(name, max_batches=80, n_graphs=40, first_seed=5000):
+def hunt(name, max_batches=200, n_graphs=40, first_seed=5000):
     """Plant bug `name` and check batches until one mismatches; returns a report dict."""
     BUGS[name]()
     for i in range(max_batches):
