@@ -184,13 +184,20 @@ class GraphLowering:
             malloc = self._libc("malloc", PTR, [I64])
             with b.if_else(is_null) as (then, otherwise):
                 with then:
-                    owned_ws = b.call(malloc, [size_value(b, workspace_bytes)])
+                    # malloc aligns to 16 bytes, and the planner places buffers at 64-byte
+                    # offsets: aligning the base keeps their vectors within cache lines.
+                    owned_raw = b.call(malloc, [b.add(size_value(b, workspace_bytes),
+                                                      ir.Constant(I64, 63))])
+                    owned_ws = align_pointer(b, owned_raw)  # null stays null
                     then_bb = b.block
                 with otherwise:
                     else_bb = b.block
             ws = b.phi(PTR, name="workspace")
             ws.add_incoming(owned_ws, then_bb)
             ws.add_incoming(ws_arg, else_bb)
+            raw = b.phi(PTR, name="workspace_raw")
+            raw.add_incoming(owned_raw, then_bb)
+            raw.add_incoming(ws_arg, else_bb)
             fail_bb = entry.append_basic_block("no_memory")
             ok_bb = entry.append_basic_block("have_memory")
             b.cbranch(b.icmp_unsigned("==", ws, ir.Constant(PTR, None)), fail_bb, ok_bb)
@@ -200,7 +207,7 @@ class GraphLowering:
             # Workspace pointers are computed where they are used: thousands of them made
             # up front would all stay live across the whole entry function.
             self.workspace = ws
-            cleanup = (is_null, ws)
+            cleanup = (is_null, raw)
 
         done_bb = entry.append_basic_block("done")
         for k in sorted(self.kernel_members):
