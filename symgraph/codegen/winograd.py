@@ -390,8 +390,8 @@ def _products(module, name, s: _Shapes):
 
 def lower(kernel, root, epilogue, fallback):
     """Kernel body of a conv2d node that `applies`: the filters transformed once per thread
-    chunk, then per image the plane, the blocks of tile rows (input transform, products,
-    output transform) and the fused epilogue (if any) over the image. An image or filter
+    chunk, then per image the plane and the blocks of tile rows (input transform, products,
+    output transform, and the fused epilogue, if any, on the block's output rows). An image or filter
     holding inf or nan goes to `fallback(image index)` (the implicit GEMM) instead."""
     g, em, b = kernel.g, kernel.em, kernel.b
     d = g.nodes[root]
@@ -452,12 +452,16 @@ def lower(kernel, root, epilogue, fallback):
                             b.call(forward, [plane, v, first, rows])
                             b.call(products, [u, v, m, b.mul(rows, _c(s.tw))])
                             b.call(backward, [m, out_img, first, rows])
+                            if epilogue is not None:
+                                # The block's output rows, still in cache: pixels
+                                # [2 * first * OW, 2 * (first + rows) * OW) of each channel.
+                                pixels = _c(2 * s.ow)
+                                epilogue[0](b, epilogue[1], em.status_ptr, _c(0),
+                                            b.mul(first, pixels), s.o, b.mul(rows, pixels))
 
-                        emit_loop(b, s.blocks, block, "wb")
                         if epilogue is not None:
                             b.store(ni, epilogue[2])  # the image, for the epilogue's index map
-                            epilogue[0](b, epilogue[1], em.status_ptr, _c(0), _c(0), s.o,
-                                        s.oh * s.ow)
+                        emit_loop(b, s.blocks, block, "wb")
                     with exact:
                         fallback(ni)
 

@@ -81,13 +81,18 @@ def test_threads_split_the_images_with_the_same_bits():
         np.testing.assert_array_equal(_compile(1, threads)(x, w), one)
 
 
-def test_epilogue_runs_on_the_transformed_output():
-    x, w = _data(2, 16, 8, 12, 24, "float32")
-    bias = RNG.standard_normal(24).astype(np.float32)
+@pytest.mark.parametrize("shape", [(2, 16, 8, 12, 24), (1, 16, 40, 40, 16)])
+def test_epilogue_runs_on_the_transformed_output(shape):
+    """On each block of output rows (the second shape has three blocks)."""
+    n, c, h, width, o = shape
+    x, w = _data(n, c, h, width, o, "float32")
+    bias = RNG.standard_normal(o).astype(np.float32)
     X, W, B = sg.Variable("x"), sg.Variable("w"), sg.Variable("b")
-    f = sg.compile(sg.relu(sg.conv2d(X, W, padding=1) + B.reshape((1, 24, 1, 1))))
-    got = f(x, w, bias)
-    assert "wino_products" in f.llvm_ir
+    f = sg.compile(sg.relu(sg.conv2d(X, W, padding=1) + B))
+    got = f(x, w, bias[:, None, None])
+    assert "wino_products" in f.llvm_ir and ".epilogue" in f.llvm_ir
+    assert len({d["kernel"] for _, d in f.graph.nodes(data=True)
+                if d.get("kernel") is not None}) == 1  # bias and relu fused into the conv
     _assert_close(got, np.maximum(direct_conv(x, w, 1) + bias[None, :, None, None], 0),
                   "float32")
     np.testing.assert_array_equal(got, np.maximum(_compile(1)(x, w) + bias[:, None, None], 0))
