@@ -616,8 +616,8 @@ class GraphLowering:
         return extent, mode, guards, 1, chunks_per_thread
 
     def _parallel_dispatcher(self, name, range_fn, n_fixed, root, plan):
-        """The kernel as the entry calls it: [0, extent) in CHUNKS_PER_THREAD fixed chunks per
-        thread, which this thread and the pool's workers (codegen/threadpool.py) claim in
+        """The kernel as the entry calls it: [0, extent) in the plan's fixed number of chunks
+        per thread (CHUNKS_PER_THREAD for most loops), which this thread and the pool's workers (codegen/threadpool.py) claim in
         turn from a shared counter until none is left. A chunk's bounds depend only on
         the extent and the thread count, and full reductions keep one partial per chunk,
         combined in chunk order: results never depend on timing or on which thread ran

@@ -94,15 +94,20 @@ def define_pool(module: ir.Module, linkage: str = "internal") -> None:
     def wait_token(b, sem):
         """Take one token of `sem`: poll it (sem_trywait, no system call) for up to SPIN_NS,
         yielding and reading the clock every _POLLS_PER_CLOCK_READ polls, then sleep in
-        sem_wait, again when a signal interrupts it."""
+        sem_wait, again when a signal interrupts it. A token already there costs one poll
+        (no clock read)."""
         function = b.function
-        spin, check, sleep, ok = (function.append_basic_block(f"sem.{name}")
-                                  for name in ("spin", "clock", "sleep", "taken"))
+        start, spin, check, sleep, ok = (function.append_basic_block(f"sem.{name}")
+                                         for name in ("start", "spin", "clock", "sleep",
+                                                      "taken"))
         with b.goto_entry_block():
             timespec = b.alloca(ir.ArrayType(I64, 2), name="timespec")
             polls = b.alloca(I64, name="polls")
+            deadline_slot = b.alloca(I64, name="deadline")
+        b.cbranch(b.icmp_unsigned("==", b.call(sem_trywait, [sem]), zero32), ok, start)
+        b.position_at_end(start)
         b.store(zero, polls)
-        deadline = b.add(monotonic_ns(b, timespec), ir.Constant(I64, SPIN_NS))
+        b.store(b.add(monotonic_ns(b, timespec), ir.Constant(I64, SPIN_NS)), deadline_slot)
         b.branch(spin)
         b.position_at_end(spin)
         taken = b.icmp_unsigned("==", b.call(sem_trywait, [sem]), zero32)
@@ -116,7 +121,8 @@ def define_pool(module: ir.Module, linkage: str = "internal") -> None:
         b.cbranch(due, check, spin)
         b.position_at_end(check)
         b.call(sched_yield, [])  # a thread with work waiting for this CPU runs first
-        b.cbranch(b.icmp_signed("<", monotonic_ns(b, timespec), deadline), spin, sleep)
+        b.cbranch(b.icmp_signed("<", monotonic_ns(b, timespec),
+                                b.load(deadline_slot, typ=I64)), spin, sleep)
         b.position_at_end(sleep)
         rc = b.call(sem_wait, [sem])
         b.cbranch(b.icmp_unsigned("==", rc, zero32), ok, sleep)

@@ -162,8 +162,8 @@ def _function(module, name, n_pointers, n_sizes, returns=ir.VoidType()):
 
 def _filter_transform(module, name, s: _Shapes):
     """``fn(w, Up)``: U_k[o][c] = (G w[o][c] G^T)[k], packed as the microkernel's A operand:
-    for each k, MR-row slivers of (channel, row) pairs. Up must be zero on entry (its pad
-    rows stay zero)."""
+    for each k, MR-row slivers of (channel, row) pairs. The last sliver's rows past O are
+    left as they are: they only make M rows past O, which nothing reads."""
     fn, b = _function(module, name, 2, 0)
     w, u = fn.args
     em = Emitter(b)
@@ -423,13 +423,13 @@ def lower(kernel, root, epilogue, fallback):
                 parts.append(at)
                 at = b.gep(at, [_c(size)], source_etype=ir.IntType(8))
             plane, u, v, m = parts
-            # Zero where nothing is written but something is read: U's pad rows, V's and M's
-            # columns past a block's last tile (whole slivers and vectors are read), and the
-            # plane's slack.
+            # Zero where nothing is written but something is read: V's and M's columns past
+            # a block's last tile (whole slivers and vectors are read), and the plane's
+            # slack.
             slack = _c(counts[0] * sz - s.c * s.rows * s.cols * sz)
             b.call(memset, [b.gep(plane, [_c(s.c * s.rows * s.cols)], source_etype=ty),
                             ir.Constant(ir.IntType(8), 0), slack, ir.Constant(I1, 0)])
-            b.call(memset, [u, ir.Constant(ir.IntType(8), 0), _c(sum(padded[1:])),
+            b.call(memset, [v, ir.Constant(ir.IntType(8), 0), _c(sum(padded[2:])),
                             ir.Constant(I1, 0)])
             b.call(filters, [kernel.pointers[wt], u])
             finite_filters = b.call(finite_weights, [kernel.pointers[wt]])
